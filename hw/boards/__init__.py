@@ -1,0 +1,1 @@
+"""Board pin profiles (TOML), selected by gpio.board."""
