@@ -18,7 +18,8 @@ TOOLS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
+    """The parser; tool options (and their heavy imports) only when a tool runs."""
     parser = argparse.ArgumentParser(prog="porch", description="SIP door-phone firmware")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_module, help_text) in TOOLS.items():
         tool_parser = tools_sub.add_parser(name, help=help_text)
         tool_parser.set_defaults(tool_module=_module)
-        _add_tool_arguments(name, tool_parser)
+        if with_tools:
+            _add_tool_arguments(name, tool_parser)
 
     bench = sub.add_parser("bench", help="run the benchmarks")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -59,7 +61,8 @@ def _add_tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(with_tools=bool(argv) and argv[0] == "tools")
     args = parser.parse_args(argv)
     if args.command == "run":
         from porch.app import run_from_cli

@@ -1,0 +1,339 @@
+"""The firmware process: builds the parts from the config, runs them on one loop.
+
+Parts start in order (event log, door hardware, intercom, call plan, web) and
+stop in reverse. The relay is forced off on every way out. A changed config is
+applied live: only the parts whose section changed are rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from porch import __version__, config
+from porch.codes import CodeMatcher
+from porch.config import Config, ConfigError
+from porch.drivers.gpio import DoorIO, Pins
+from porch.events import EventLog
+from porch.intercom import DoorPolicy, Intercom, OfflineCallPlan
+from porch.provisioning.server import WebServer
+from porch.service import Notifier, setup_logging
+
+log = logging.getLogger("porch")
+
+STOP_BUDGET = 2.5  # seconds: SIGTERM must end the process well within 3 s
+SIM_PRESS_SECONDS = 0.15
+SIM_PINS_FILE = "sim-pins.json"
+
+
+def door_policy(cfg: Config) -> DoorPolicy:
+    return DoorPolicy(
+        targets=list(cfg.call.targets),
+        strategy=cfg.call.strategy,
+        ring_timeout=float(cfg.call.ring_timeout),
+        button_hangup=cfg.call.button_hangup,
+        unlock_seconds=float(cfg.door.unlock_seconds),
+        info_unlock=cfg.door.info_unlock,
+        cards=list(cfg.door.cards),
+    )
+
+
+def board_pins(cfg: Config) -> Pins:
+    g = cfg.gpio
+    return Pins(
+        button=g.button,
+        relay=g.relay,
+        led_ready=g.led_ready,
+        led_call=g.led_call,
+        door_contact=g.door_contact,
+        exit_button=g.exit_button,
+        tamper=g.tamper,
+        relay_active_high=g.relay_active_high,
+        inputs_pull_up=g.inputs_pull_up,
+        button_hold_seconds=float(g.button_hold_seconds),
+    )
+
+
+class App:
+    """One door station: the parts, their order, and the API's view of them."""
+
+    def __init__(
+        self, cfg: Config, *, state_dir: Path, config_path: Path | None, sim: bool
+    ) -> None:
+        self.cfg = cfg
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.sim = sim
+        self.started_at = time.monotonic()
+        self.events = EventLog(state_dir)
+        self.intercom = Intercom(
+            door_policy(cfg),
+            CodeMatcher(
+                list(cfg.door.dtmf_codes),
+                lockout_attempts=cfg.door.lockout_attempts,
+                lockout_seconds=float(cfg.door.lockout_seconds),
+            ),
+            self.events,
+        )
+        self.notifier = Notifier()
+        self.door: DoorIO | None = None
+        self.plan: OfflineCallPlan | None = None
+        self.web = WebServer(self, state_dir)
+        self.web_url = ""
+        self._stopping = False
+        self._config_lock = asyncio.Lock()
+        self.intercom.on_change(self._status_changed)
+
+    # lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.events.append("start", version=__version__, sim=self.sim)
+        self._start_door(loop)
+        await self._start_plan()
+        await self._start_web()
+        self.notifier.ready()
+        self.notifier.start_watchdog()
+        self._status_changed()
+
+    def _start_door(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.door = DoorIO(
+            board_pins(self.cfg),
+            loop,
+            self.intercom.on_input,
+            sim=self.sim,
+            on_relay=self.intercom.relay_changed,
+        )
+        self.intercom.attach(self.door, self.plan)
+
+    async def _start_plan(self) -> None:
+        self.plan = OfflineCallPlan(self.intercom)
+        self.intercom.attach(self.door, self.plan)
+        await self.plan.start()
+
+    async def _start_web(self) -> None:
+        host, port = self.cfg.web.listen_host, self.cfg.web.listen_port
+        try:
+            bound_host, bound_port = await self.web.start(host, port)
+        except OSError as exc:
+            raise StartupError(f"web.listen: cannot listen on {host}:{port}: {exc}") from exc
+        shown = "127.0.0.1" if bound_host in ("0.0.0.0", "::") else bound_host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.web_url = f"http://{shown}:{bound_port}/"
+        log.info("web page and API at %s", self.web_url)
+
+    async def stop(self) -> None:
+        """Hang up, stop the parts in reverse order; the relay ends off whatever fails."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
+        if self.door is not None:
+            self.door.relay.release()
+        steps = [("web", self.web.stop()), ("calls", self._stop_plan())]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step, timeout=STOP_BUDGET / 2)
+            except Exception as exc:  # stopping must go on to the relay
+                log.warning("stopping %s: %s", name, exc)
+        self._close_door()
+        self.events.append("stop")
+
+    async def _stop_plan(self) -> None:
+        if self.plan is not None:
+            self.plan.hang_up("shutdown")
+            await self.plan.stop()
+
+    def _close_door(self) -> None:
+        if self.door is None:
+            return
+        if self.sim:
+            self._write_sim_pins()
+        self.door.close()
+        self.door = None
+        self.intercom.attach(None, self.plan)
+
+    def _write_sim_pins(self) -> None:
+        """Leave the mocked relay's history behind, for tests and for the curious."""
+        assert self.door is not None
+        self.door.relay.release()
+        pin = self.door.sim_pin("relay")
+        history = [[round(t, 4), bool(s)] for t, s in pin.states]
+        doc = {"relay_states": history, "relay_final": bool(pin.state)}
+        with contextlib.suppress(OSError):
+            (self.state_dir / SIM_PINS_FILE).write_text(json.dumps(doc) + "\n")
+
+    # status -------------------------------------------------------------------
+
+    def _status_changed(self) -> None:
+        s = self.intercom.status()
+        self.notifier.status(
+            f"registration {s['registration']}; call {s['call']}; door {s['door']}"
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "name": self.cfg.device.name,
+            **self.intercom.status(),
+            "sim": self.sim,
+            "uptime": round(time.monotonic() - self.started_at, 1),
+        }
+
+    # the API's view -----------------------------------------------------------
+
+    def config_document(self) -> dict[str, Any]:
+        return self.cfg.to_document()
+
+    async def replace_config(self, document: dict[str, Any]) -> list[str]:
+        """Validate, save atomically, then apply what changed; raises ConfigError."""
+        async with self._config_lock:
+            if self.config_path is not None:
+                new = config.save(self.config_path, document, sim=self.sim)
+            else:
+                new = config.validate(document, sim=self.sim)
+            changed = sorted(config.changed_sections(self.cfg, new))
+            self.cfg = new
+            await self._apply(changed)
+            self.events.append("config", changed=changed)
+            log.info("config applied: %s", ", ".join(changed) or "no change")
+            return changed
+
+    async def _apply(self, changed: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        if "door" in changed or "call" in changed:
+            self.intercom.policy = door_policy(self.cfg)
+            self.intercom.matcher.set_codes(list(self.cfg.door.dtmf_codes))
+            self.intercom.matcher.lockout_attempts = self.cfg.door.lockout_attempts
+            self.intercom.matcher.lockout_seconds = float(self.cfg.door.lockout_seconds)
+        if "gpio" in changed:
+            self._close_door()
+            self._start_door(loop)
+        if "sip" in changed or "audio" in changed:
+            await self._stop_plan()
+            await self._start_plan()
+        if "web" in changed:
+            # Answer this request first, then move the server to its new address.
+            loop.call_later(0.3, lambda: loop.create_task(self._restart_web()))
+
+    async def _restart_web(self) -> None:
+        await self.web.stop()
+        try:
+            await self._start_web()
+        except StartupError as exc:
+            log.error("%s", exc)
+            self.events.append("error", part="web", reason=str(exc))
+
+    def request_call(self, source: str) -> bool:
+        return self.intercom.start_call(source)
+
+    def hang_up(self, reason: str) -> bool:
+        return self.intercom.hang_up(reason)
+
+    def unlock(self, cause: str) -> float:
+        return self.intercom.unlock(cause)
+
+    def events_since(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        return self.events.since(seq, limit)
+
+    # simulation ---------------------------------------------------------------
+
+    def _sim_door(self) -> DoorIO:
+        if not self.sim or self.door is None:
+            raise RuntimeError("simulation only")
+        return self.door
+
+    async def sim_button(self) -> None:
+        door = self._sim_door()
+        door.sim_drive("button", True)
+        await asyncio.sleep(SIM_PRESS_SECONDS)
+        door.sim_drive("button", False)
+        await asyncio.sleep(0)  # let the loop take the edge events
+
+    def sim_input(self, name: str, value: bool) -> None:
+        self._sim_door().sim_drive(name, value)
+
+    def sim_outputs(self) -> dict[str, Any]:
+        return self._sim_door().outputs()
+
+    def sim_card(self, card_id: str) -> bool:
+        return self.intercom.card(card_id)
+
+
+class StartupError(Exception):
+    """A part could not start; the message names the config key to fix."""
+
+
+def resolve_paths(args: Namespace) -> tuple[Path | None, Path]:
+    """Config path and state dir from the command line (SPEC 3)."""
+    state_dir = args.state_dir
+    if state_dir is None:
+        state_dir = Path(".porch-sim") if args.sim else Path("/var/lib/porch")
+    config_path = args.config
+    if config_path is None:
+        if args.sim:
+            config_path = state_dir / "porch.toml"
+        else:
+            config_path = Path("/etc/porch/porch.toml")
+    return config_path, state_dir
+
+
+async def serve(app: App) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        t0 = time.monotonic()
+        await app.start()
+        log.info(
+            "porch %s ready in %.2f s%s: open %s",
+            __version__,
+            time.monotonic() - t0,
+            " (simulation)" if app.sim else "",
+            app.web_url,
+        )
+        await stop.wait()
+        log.info("stopping")
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        try:
+            await asyncio.wait_for(app.stop(), timeout=STOP_BUDGET)
+        except (TimeoutError, Exception) as exc:
+            log.error("stop did not finish cleanly: %s", exc)
+            if app.door is not None:
+                app.door.close()
+    return 0
+
+
+def run_from_cli(args: Namespace) -> int:
+    setup_logging(logging.DEBUG if os.environ.get("PORCH_DEBUG") else logging.INFO)
+    config_path, state_dir = resolve_paths(args)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"porch: cannot create state dir {state_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.sim and args.config is None and not config_path.exists():
+            cfg = config.load(None, sim=True)
+        else:
+            cfg = config.load(config_path, sim=args.sim)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    app = App(cfg, state_dir=state_dir, config_path=config_path, sim=args.sim)
+    return asyncio.run(serve(app))
