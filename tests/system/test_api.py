@@ -1,0 +1,125 @@
+"""The HTTP API of a running firmware: auth, setup, login throttling, config, bad input."""
+
+import time
+
+import pytest
+from porch_harness import PASSWORD
+
+
+def test_everything_but_setup_and_login_needs_a_token(porch):
+    for method, path in [
+        ("GET", "/api/status"),
+        ("GET", "/api/config"),
+        ("PUT", "/api/config"),
+        ("POST", "/api/call"),
+        ("POST", "/api/hangup"),
+        ("POST", "/api/door/unlock"),
+        ("GET", "/api/events"),
+        ("GET", "/api/sim/outputs"),
+    ]:
+        status, body, headers = porch.request(method, path, token=None)
+        assert status == 401, (method, path, body)
+        assert "Bearer" in headers.get("WWW-Authenticate", "")
+    status, _, _ = porch.request("GET", "/api/status", token="not-a-real-token")
+    assert status == 401
+
+
+def test_setup_once_then_409(porch):
+    status, body, _ = porch.request("POST", "/api/setup", {"password": "short"}, token=None)
+    assert status == 422 and "password" in body["error"]
+    token = porch.setup()
+    status, body, _ = porch.request("GET", "/api/status", token=token)
+    assert status == 200
+    assert {"version", "registration", "call", "door", "peer"} <= body.keys()
+    assert body["call"] == "idle" and body["door"] == "locked" and body["peer"] is None
+    assert body["registration"] in ("disabled", "registering", "registered", "failed")
+    status, _, _ = porch.request("POST", "/api/setup", {"password": "another password"}, token=None)
+    assert status == 409
+    # the password survives a restart of the API's view: login works
+    status, body, _ = porch.request("POST", "/api/login", {"password": PASSWORD}, token=None)
+    assert status == 200 and body["token"]
+    stored = (porch.state_dir / "admin.json").read_text()
+    assert PASSWORD not in stored and "scrypt" in stored
+
+
+def test_wrong_passwords_are_slowed_down(porch):
+    porch.setup()
+    status, body, _ = porch.request("POST", "/api/login", {"password": "wrong one!"}, token=None)
+    assert status == 401 and body["retry_after"] >= 1
+    # even the right password is refused until the wait is over
+    status, body, headers = porch.request("POST", "/api/login", {"password": PASSWORD}, token=None)
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    time.sleep(1.1)
+    status, body, _ = porch.request("POST", "/api/login", {"password": "wrong two!"}, token=None)
+    assert status == 401 and body["retry_after"] >= 2  # the wait doubles
+    status, _, _ = porch.request("POST", "/api/login", {"password": PASSWORD}, token=None)
+    assert status == 429
+    time.sleep(2.1)
+    status, body, _ = porch.request("POST", "/api/login", {"password": PASSWORD}, token=None)
+    assert status == 200 and body["token"]
+
+
+def test_bad_config_document_is_422_and_changes_nothing(porch):
+    porch.setup()
+    before_disk = porch.config_path.read_bytes()
+    status, before, _ = porch.request("GET", "/api/config")
+    assert status == 200
+    bad = {**before, "door": {**before.get("door", {}), "unlock_seconds": 45}}
+    bad["sip"] = {**before.get("sip", {}), "registrar": "pbx"}
+    status, body, _ = porch.request("PUT", "/api/config", bad)
+    assert status == 422
+    assert any(e.startswith("door.unlock_seconds:") for e in body["errors"]), body
+    assert any(e.startswith("sip.registrar:") for e in body["errors"]), body
+    status, body, _ = porch.request("PUT", "/api/config", {**before, "nonsense": {"x": 1}})
+    assert status == 422 and any(e.startswith("nonsense") for e in body["errors"])
+    status, body, _ = porch.request("PUT", "/api/config", raw="{not json")
+    assert status == 400 and "JSON" in body["error"]
+    status, body, _ = porch.request("PUT", "/api/config", ["a", "list"])
+    assert status == 422
+    assert porch.config_path.read_bytes() == before_disk
+    assert porch.request("GET", "/api/config")[1] == before
+
+
+def test_good_config_is_saved_and_applied_live(porch):
+    porch.setup()
+    _, doc, _ = porch.request("GET", "/api/config")
+    doc.setdefault("door", {})["unlock_seconds"] = 0.5
+    doc["device"] = {**doc.get("device", {}), "name": "Back gate"}
+    status, body, _ = porch.request("PUT", "/api/config", doc)
+    assert status == 200, body
+    assert "door" in body["applied"]
+    assert 'name = "Back gate"' in porch.config_path.read_text()
+    assert porch.request("GET", "/api/status")[1]["name"] == "Back gate"
+    status, body, _ = porch.request("POST", "/api/door/unlock")
+    assert status == 200 and body["seconds"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_sip_password_is_not_echoed(porch):
+    porch.setup()
+    _, doc, _ = porch.request("GET", "/api/config")
+    doc["sip"] = {
+        **doc.get("sip", {}),
+        "registrar": "sip:127.0.0.1:5070",
+        "username": "door",
+        "password": "doorpass",
+    }
+    assert porch.request("PUT", "/api/config", doc)[0] == 200
+    _, shown, _ = porch.request("GET", "/api/config")
+    assert shown["sip"]["password"] != "doorpass"
+    # sending the masked value back keeps the stored password
+    assert porch.request("PUT", "/api/config", shown)[0] == 200
+    assert 'password = "doorpass"' in porch.config_path.read_text()
+
+
+def test_bad_api_input_gets_clear_errors(porch):
+    porch.setup()
+    status, body, _ = porch.request("GET", "/api/events?since=abc")
+    assert status == 400 and "since" in body["error"]
+    status, body, _ = porch.request("POST", "/api/sim/input", {"name": "relay", "value": True})
+    assert status == 422 and body["error"].startswith("name:")
+    status, body, _ = porch.request("POST", "/api/sim/input", {"name": "tamper", "value": "yes"})
+    assert status == 422 and body["error"].startswith("value:")
+    status, body, _ = porch.request("POST", "/api/sim/card", {})
+    assert status == 422 and body["error"].startswith("id:")
+    status, body, _ = porch.request("POST", "/api/login", raw="\xff garbage", token=None)
+    assert status in (400, 409)
