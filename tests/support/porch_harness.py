@@ -92,7 +92,7 @@ class Porch:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"porch did not exit within {timeout} s of signal {sig}")
+            raise AssertionError(f"porch did not exit within {timeout} s of signal {sig}") from None
         return code, time.monotonic() - t0
 
     def sim_pins(self) -> dict:
@@ -113,12 +113,13 @@ def start_porch(
     config_path = tmp_path / "porch.toml"
     config_path.write_text(toml_document(doc))
     log_path = tmp_path / "porch.log"
-    proc = subprocess.Popen(
-        [PORCH, "run", "--sim", "--config", str(config_path), "--state-dir", str(state_dir)],
-        stdout=open(log_path, "w"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with open(log_path, "w") as log_file:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [PORCH, "run", "--sim", "--config", str(config_path), "--state-dir", str(state_dir)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     porch = Porch(proc, port, state_dir, config_path, log_path=log_path)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

@@ -31,7 +31,7 @@ def test_exit_button_and_api_unlock_pulse_the_relay_for_unlock_seconds(porch):
     time.sleep(1.4)
     assert porch.request("GET", "/api/sim/outputs")[1]["relay"] is False
     porch.wait_event("relock")
-    status, body, _ = porch.request("POST", "/api/door/unlock")
+    status, _body, _ = porch.request("POST", "/api/door/unlock")
     assert status == 200
     porch.wait_event("unlock", cause="api")
     time.sleep(1.4)
@@ -80,10 +80,10 @@ def test_cards_tamper_and_door_contact_are_logged(porch):
 
 def test_button_without_targets_logs_why_no_call(porch):
     porch.setup()
-    _, body, _ = porch.request("POST", "/api/sim/button")
+    porch.request("POST", "/api/sim/button")
     porch.wait_event("call_failed", reason="no call.targets configured")
     assert porch.request("GET", "/api/status")[1]["call"] == "idle"
-    status, body, _ = porch.request("POST", "/api/call")
+    status, _body, _ = porch.request("POST", "/api/call")
     assert status == 409
 
 
