@@ -19,10 +19,12 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from porch import __version__, config
+from porch import __version__, components, config
 from porch.codes import CodeMatcher
 from porch.config import Config, ConfigError
 from porch.drivers.gpio import DoorIO, Pins
+from porch.drivers.reader import SerialReader
+from porch.drivers.reader_protocol import Card, Garbage, Key, ReaderEvent
 from porch.events import EventLog
 from porch.intercom import DoorPolicy, Intercom, OfflineCallPlan
 from porch.provisioning.server import WebServer
@@ -87,6 +89,8 @@ class App:
         self.notifier = Notifier()
         self.door: DoorIO | None = None
         self.plan: OfflineCallPlan | None = None
+        self.reader: SerialReader | None = None
+        self.components: dict[str, str] = {}
         self.web = WebServer(self, state_dir)
         self.web_url = ""
         self._stopping = False
@@ -98,12 +102,41 @@ class App:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.events.append("start", version=__version__, sim=self.sim)
+        self._check_components()
         self._start_door(loop)
+        await self._start_reader()
         await self._start_plan()
         await self._start_web()
         self.notifier.ready()
         self.notifier.start_watchdog()
         self._status_changed()
+
+    def _check_components(self) -> None:
+        self.components, missing = components.check()
+        log.info("components: %s", ", ".join(f"{k} {v}" for k, v in self.components.items()))
+        for dist, error in missing.items():
+            log.error("component %s unusable: %s", dist, error)
+            self.events.append("error", part=dist, reason=error)
+
+    async def _start_reader(self) -> None:
+        if self.cfg.serial.reader:
+            self.reader = SerialReader(
+                self.cfg.serial.reader, self.cfg.serial.baudrate, self._reader_event
+            )
+            await self.reader.start()
+
+    async def _stop_reader(self) -> None:
+        if self.reader is not None:
+            await self.reader.stop()
+            self.reader = None
+
+    def _reader_event(self, event: ReaderEvent) -> None:
+        if isinstance(event, Card):
+            self.intercom.card(event.id)
+        elif isinstance(event, Key):
+            self.intercom.keypad(event.key)
+        elif isinstance(event, Garbage):
+            log.warning("card reader sent %r: %s", event.data[:32], event.reason)
 
     def _start_door(self, loop: asyncio.AbstractEventLoop) -> None:
         self.door = DoorIO(
@@ -140,7 +173,11 @@ class App:
         self.notifier.stop_watchdog()
         if self.door is not None:
             self.door.relay.release()
-        steps = [("web", self.web.stop()), ("calls", self._stop_plan())]
+        steps = [
+            ("web", self.web.stop()),
+            ("calls", self._stop_plan()),
+            ("reader", self._stop_reader()),
+        ]
         for name, step in steps:
             try:
                 await asyncio.wait_for(step, timeout=STOP_BUDGET / 2)
@@ -187,6 +224,13 @@ class App:
             "name": self.cfg.device.name,
             **self.intercom.status(),
             "sim": self.sim,
+            "reader": None
+            if self.reader is None
+            else {
+                "connected": self.reader.connected,
+                "error": self.reader.last_error,
+            },
+            "components": self.components,
             "uptime": round(time.monotonic() - self.started_at, 1),
         }
 
@@ -219,6 +263,9 @@ class App:
         if "gpio" in changed:
             self._close_door()
             self._start_door(loop)
+        if "serial" in changed:
+            await self._stop_reader()
+            await self._start_reader()
         if "sip" in changed or "audio" in changed:
             await self._stop_plan()
             await self._start_plan()

@@ -212,14 +212,21 @@ class Intercom:
         if self.call != "connected":
             log.info("DTMF %r from %s ignored: no answered call", digit, source)
             return None
-        decision = self.matcher.feed(digit, source, self._clock())
+        return self._code_digit(digit, source, "dtmf")
+
+    def keypad(self, key: str) -> Decision:
+        """A key from the door's keypad (serial reader): the same codes and lockout."""
+        return self._code_digit(key, "keypad", "keypad")
+
+    def _code_digit(self, digit: str, method: str, cause: str) -> Decision:
+        decision = self.matcher.feed(digit, method, self._clock())
         outcome = decision.outcome
         if outcome is Outcome.UNLOCK:
-            self.unlock("dtmf", method=source, peer=self.peer)
+            self.unlock(cause, method=method, peer=self.peer)
             self._feedback("confirm")
         elif outcome in (Outcome.WRONG, Outcome.LOCKED_OUT):
             self.events.append(
-                "code_wrong", method=source, peer=self.peer, count=decision.wrong_count
+                "code_wrong", method=method, peer=self.peer, count=decision.wrong_count
             )
             if outcome is Outcome.LOCKED_OUT:
                 self.events.append("lockout", seconds=self.matcher.lockout_seconds, peer=self.peer)
@@ -229,7 +236,7 @@ class Intercom:
         elif outcome is Outcome.IGNORED_LOCKOUT:
             self.events.append(
                 "code_ignored",
-                method=source,
+                method=method,
                 peer=self.peer,
                 lockout_remaining=round(decision.lockout_remaining, 1),
             )
@@ -272,7 +279,7 @@ class Intercom:
         self._changed()
 
     def _feedback(self, kind: Literal["confirm", "error"]) -> None:
-        if self.plan is not None:
+        if self.plan is not None and self.call == "connected":
             self.plan.feedback(kind)
 
     def _update_leds(self) -> None:

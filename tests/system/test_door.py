@@ -105,3 +105,40 @@ def test_sim_endpoints_drive_leds(porch):
     assert outputs["led_call_mode"] == "off"
     porch.request("POST", "/api/door/unlock")
     assert porch.request("GET", "/api/sim/outputs")[1]["led_call_mode"] == "fast"
+
+
+def test_serial_reader_cards_and_keypad_codes(tmp_path):
+    import os
+    import tty
+
+    from porch_harness import start_porch
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    porch = start_porch(
+        tmp_path,
+        {
+            "serial": {"reader": os.ttyname(slave)},
+            "door": {"cards": ["0F00A1B2C3"], "dtmf_codes": ["2580"], "unlock_seconds": 0.5},
+        },
+    )
+    try:
+        porch.setup()
+        raw = bytes.fromhex("0F00A1B2C3")
+        checksum = 0
+        for b in raw:
+            checksum ^= b
+        os.write(master, b"\x020F00A1B2C3" + f"{checksum:02X}".encode() + b"\x03")
+        porch.wait_event("unlock", cause="card", card="0F00A1B2C3")
+        os.write(master, b"11112222\r\n")
+        porch.wait_event("card_denied", card="11112222")
+        os.write(master, b"2580")  # keypad keys, no line end
+        porch.wait_event("unlock", cause="keypad", method="keypad")
+        status = porch.request("GET", "/api/status")[1]
+        assert status["reader"]["connected"] is True
+        assert "pyserial" in status["components"] and "webrtcvad-wheels" in status["components"]
+    finally:
+        code, _ = porch.stop()
+        os.close(master)
+        os.close(slave)
+    assert code == 0
