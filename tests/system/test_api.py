@@ -123,3 +123,41 @@ def test_bad_api_input_gets_clear_errors(porch):
     assert status == 422 and body["error"].startswith("id:")
     status, body, _ = porch.request("POST", "/api/login", raw="\xff garbage", token=None)
     assert status in (400, 409)
+
+
+def test_gpio_and_web_changes_are_applied_without_a_restart(porch):
+    from porch_harness import free_port
+
+    porch.setup()
+    pid = porch.proc.pid
+    _, doc, _ = porch.request("GET", "/api/config")
+    doc["gpio"] = {**doc.get("gpio", {}), "relay": 16}
+    status, body, _ = porch.request("PUT", "/api/config", doc)
+    assert status == 200 and "gpio" in body["applied"]
+    assert "relay = 16" in porch.config_path.read_text()
+    assert porch.request("POST", "/api/door/unlock")[0] == 200
+    assert porch.request("GET", "/api/sim/outputs")[1]["relay"] is True
+    # two functions on one pin is refused and changes nothing
+    doc["gpio"]["button"] = 16
+    status, body, _ = porch.request("PUT", "/api/config", doc)
+    assert status == 422 and any(e.startswith("gpio.") for e in body["errors"])
+    # the web server moves to its new address
+    new_port = free_port()
+    doc["gpio"].pop("button")
+    doc["web"] = {"listen": f"127.0.0.1:{new_port}"}
+    status, body, _ = porch.request("PUT", "/api/config", doc)
+    assert status == 200 and "web" in body["applied"]
+    old_port, porch.port = porch.port, new_port
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if porch.request("GET", "/api/status")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    assert porch.request("GET", "/api/status")[0] == 200
+    porch.port = old_port
+    with pytest.raises(OSError):
+        porch.request("GET", "/api/status")
+    porch.port = new_port
+    assert porch.proc.pid == pid and porch.proc.poll() is None
