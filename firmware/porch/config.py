@@ -465,8 +465,14 @@ def _check_board(value: str) -> str | None:
 
 
 # pyserial URL handlers porch can use; those marked True need host:port after '//'.
-_SERIAL_URL_SCHEMES = {"loop": False, "socket": True, "rfc2217": True, "spy": False,
-                       "alt": False, "hwgrep": False}
+_SERIAL_URL_SCHEMES = {
+    "loop": False,
+    "socket": True,
+    "rfc2217": True,
+    "spy": False,
+    "alt": False,
+    "hwgrep": False,
+}
 
 
 def _check_serial(value: str) -> str | None:
@@ -503,8 +509,14 @@ def _normalise_card(value: str) -> str:
 # --------------------------------------------------------------------------------------
 
 STR, INT, FLOAT, BOOL, STRLIST, PIN = "str", "int", "float", "bool", "strlist", "pin"
-_EXPECTED = {STR: "a string", INT: "an integer", FLOAT: "a number", BOOL: "true or false",
-             STRLIST: "an array of strings", PIN: "an integer (BCM pin)"}
+_EXPECTED = {
+    STR: "a string",
+    INT: "an integer",
+    FLOAT: "a number",
+    BOOL: "true or false",
+    STRLIST: "an array of strings",
+    PIN: "an integer (BCM pin)",
+}
 
 
 def _key(kind: str, default: Any, **meta: Any) -> Any:
@@ -532,8 +544,9 @@ def _bool(default: bool, **meta: Any) -> Any:
 
 
 def _strlist(item: Callable[[str], str | None], *, max_items: int = 64, **meta: Any) -> Any:
-    return field(default=(), metadata={"kind": STRLIST, "item": item, "max_items": max_items,
-                                       **meta})
+    return field(
+        default=(), metadata={"kind": STRLIST, "item": item, "max_items": max_items, **meta}
+    )
 
 
 def _pin(required: bool = False) -> Any:
@@ -620,8 +633,10 @@ class DoorConfig:
 class AudioConfig:
     capture: str = _str("default", _check_alsa)
     playback: str = _str("default", _check_alsa)
-    codecs: tuple[str, ...] = field(default=CODECS, metadata={
-        "kind": STRLIST, "item": _check_codec, "max_items": 16, "non_empty": True})
+    codecs: tuple[str, ...] = field(
+        default=CODECS,
+        metadata={"kind": STRLIST, "item": _check_codec, "max_items": 16, "non_empty": True},
+    )
     echo: str = _enum("aec", ("aec", "suppress", "off"))
 
 
@@ -647,8 +662,9 @@ class GpioConfig:
     button_hold_seconds: float = _float(2.0, 0.5, 10)
     # Keys the user set explicitly (written back by to_document); not part of equality,
     # so an explicit pin equal to the profile's is no change.
-    overridden: frozenset[str] = field(default=frozenset(), compare=False,
-                                       metadata={"internal": True})
+    overridden: frozenset[str] = field(
+        default=frozenset(), compare=False, metadata={"internal": True}
+    )
 
     def pins(self) -> dict[str, int]:
         """Function -> BCM pin, for the functions that are connected."""
@@ -678,8 +694,14 @@ class WebConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "device": DeviceConfig, "sip": SipConfig, "call": CallConfig, "door": DoorConfig,
-    "audio": AudioConfig, "gpio": GpioConfig, "serial": SerialConfig, "web": WebConfig,
+    "device": DeviceConfig,
+    "sip": SipConfig,
+    "call": CallConfig,
+    "door": DoorConfig,
+    "audio": AudioConfig,
+    "gpio": GpioConfig,
+    "serial": SerialConfig,
+    "web": WebConfig,
 }
 
 
@@ -796,8 +818,11 @@ class _Problems:
 def _unknown(section: str | None, key: str, *, table: bool = True) -> str:
     """Reason for an unknown key, with a hint when it is a typo or in the wrong section."""
     if section is None:
-        homes = [f"{s}.{key}" for s, cls in SECTIONS.items()
-                 if key in {f.name for f in _schema_fields(cls)}]
+        homes = [
+            f"{s}.{key}"
+            for s, cls in SECTIONS.items()
+            if key in {f.name for f in _schema_fields(cls)}
+        ]
         if homes:
             return f"unknown key (did you mean {homes[0]}?)"
         close = difflib.get_close_matches(key, list(SECTIONS), n=1, cutoff=0.7)
@@ -807,16 +832,20 @@ def _unknown(section: str | None, key: str, *, table: bool = True) -> str:
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
     if close:
         return f"unknown key (did you mean {section}.{close[0]}?)"
-    homes = [f"{s}.{key}" for s, cls in SECTIONS.items()
-             if s != section and key in {f.name for f in _schema_fields(cls)}]
+    homes = [
+        f"{s}.{key}"
+        for s, cls in SECTIONS.items()
+        if s != section and key in {f.name for f in _schema_fields(cls)}
+    ]
     if homes:
         return f"unknown key (it belongs in [{homes[0].split('.')[0]}]: {homes[0]})"
     return "unknown key"
 
 
 def _unknown_key_hint(key: str) -> str:
-    homes = [f"{s}.{key}" for s, cls in SECTIONS.items()
-             if key in {f.name for f in _schema_fields(cls)}]
+    homes = [
+        f"{s}.{key}" for s, cls in SECTIONS.items() if key in {f.name for f in _schema_fields(cls)}
+    ]
     return f"; did you mean {homes[0]}?" if homes else ""
 
 
@@ -865,8 +894,9 @@ def _check_scalar(p: _Problems, key: str, f: dataclasses.Field, value: Any) -> A
             return value
         if not meta["lo"] <= value <= meta["hi"]:
             zero = f"0 ({meta['zero_means']}) or " if meta.get("zero_means") else ""
-            p.add(key, f"must be {zero}between {_num(meta['lo'])} and {_num(meta['hi'])}, "
-                       f"got {value}")
+            p.add(
+                key, f"must be {zero}between {_num(meta['lo'])} and {_num(meta['hi'])}, got {value}"
+            )
             return None
         return value
     if kind == FLOAT:
@@ -877,8 +907,9 @@ def _check_scalar(p: _Problems, key: str, f: dataclasses.Field, value: Any) -> A
             p.add(key, f"must be a finite number, got {value!r}")
             return None
         if not meta["lo"] <= value <= meta["hi"]:
-            p.add(key, f"must be between {_num(meta['lo'])} and {_num(meta['hi'])}, "
-                       f"got {_num(value)}")
+            p.add(
+                key, f"must be between {_num(meta['lo'])} and {_num(meta['hi'])}, got {_num(value)}"
+            )
             return None
         return float(value)
     raise AssertionError(kind)
@@ -918,8 +949,9 @@ def _check_list(p: _Problems, key: str, f: dataclasses.Field, value: Any) -> Any
     return tuple(items)
 
 
-def _read_section(p: _Problems, name: str, table: dict[str, Any], sim: bool
-                  ) -> tuple[dict[str, Any], set[str]]:
+def _read_section(
+    p: _Problems, name: str, table: dict[str, Any], sim: bool
+) -> tuple[dict[str, Any], set[str]]:
     """Checked values of one section (defaults where absent or bad) and the keys present."""
     cls = SECTIONS[name]
     values: dict[str, Any] = {}
@@ -984,8 +1016,11 @@ def _check_sip(p: _Problems, values: dict[str, dict[str, Any]]) -> None:
     if sip["registrar"] and not sip["username"] and p.ok("sip.registrar", "sip.username"):
         p.add("sip.username", "required when sip.registrar is set")
     if sip["backup_registrar"] and not sip["registrar"] and p.ok("sip.registrar"):
-        p.add("sip.backup_registrar", "set but sip.registrar is empty (the backup is used "
-                                      "only when the main registrar fails)")
+        p.add(
+            "sip.backup_registrar",
+            "set but sip.registrar is empty (the backup is used "
+            "only when the main registrar fails)",
+        )
     for key in ("auth_username", "password"):
         if sip[key] and not sip["username"] and p.ok("sip.username"):
             p.add(f"sip.{key}", "set but sip.username is empty")
@@ -998,14 +1033,23 @@ def _check_sip(p: _Problems, values: dict[str, dict[str, Any]]) -> None:
             if uri.scheme == "sips" and transport != "tls":
                 p.add(key, f"a sips: URI needs sip.transport = 'tls', got {transport!r}")
             elif uri.params.get("transport", transport).lower() != transport:
-                p.add(key, f"transport={uri.params['transport']} does not match "
-                           f"sip.transport {transport!r}")
+                p.add(
+                    key,
+                    f"transport={uri.params['transport']} does not match "
+                    f"sip.transport {transport!r}",
+                )
     # SIP over UDP and HTTP may share host:port; SIP over TCP/TLS may not.
     web = values["web"]
-    if (sip["transport"] != "udp" and p.ok("sip.listen", "web.listen", "sip.transport")
-            and _tcp_addresses_clash(sip["listen"], web["listen"])):
-        p.add("web.listen", f"clashes with sip.listen {sip['listen']!r} "
-                            f"(both TCP, sip.transport is {sip['transport']!r})")
+    if (
+        sip["transport"] != "udp"
+        and p.ok("sip.listen", "web.listen", "sip.transport")
+        and _tcp_addresses_clash(sip["listen"], web["listen"])
+    ):
+        p.add(
+            "web.listen",
+            f"clashes with sip.listen {sip['listen']!r} "
+            f"(both TCP, sip.transport is {sip['transport']!r})",
+        )
 
 
 _WILDCARD_HOSTS = ("0.0.0.0", "[::]")
@@ -1023,8 +1067,11 @@ def _check_call(p: _Problems, values: dict[str, dict[str, Any]]) -> None:
         return
     for i, target in enumerate(values["call"]["targets"]):
         if target is not None and is_extension(target):
-            p.add(f"call.targets[{i}]", f"{target!r} is a PBX extension, which needs "
-                                        "sip.registrar (peer-to-peer mode dials SIP URIs)")
+            p.add(
+                f"call.targets[{i}]",
+                f"{target!r} is a PBX extension, which needs "
+                "sip.registrar (peer-to-peer mode dials SIP URIs)",
+            )
 
 
 def _check_door(p: _Problems, values: dict[str, dict[str, Any]]) -> None:
@@ -1034,8 +1081,10 @@ def _check_door(p: _Problems, values: dict[str, dict[str, Any]]) -> None:
     for i, code in enumerate(codes):
         for j, other in enumerate(codes):
             if i != j and code.startswith(other):
-                p.add(f"door.dtmf_codes[{i}]", f"{code!r} can never be typed: "
-                                               f"door.dtmf_codes[{j}] ({other!r}) opens first")
+                p.add(
+                    f"door.dtmf_codes[{i}]",
+                    f"{code!r} can never be typed: door.dtmf_codes[{j}] ({other!r}) opens first",
+                )
                 break
 
 
@@ -1047,8 +1096,9 @@ _PI_UART_PINS = {14: "TXD", 15: "RXD"}
 def _resolve_gpio(p: _Problems, values: dict[str, dict[str, Any]], present: set[str]) -> None:
     """Apply the board profile to the pins (in place) and check the wiring as a whole."""
     gpio = values["gpio"]
-    overridden = {k for k in present if k in PIN_KEYS or k in ("relay_active_high",
-                                                                "inputs_pull_up")}
+    overridden = {
+        k for k in present if k in PIN_KEYS or k in ("relay_active_high", "inputs_pull_up")
+    }
     gpio["overridden"] = frozenset(overridden)
     if not p.ok("gpio.board"):
         return
@@ -1071,8 +1121,9 @@ def _resolve_gpio(p: _Problems, values: dict[str, dict[str, Any]], present: set[
             continue
         if pin in owners:
             first = owners[pin]
-            blame, other = (first, key) if (first in overridden and key not in overridden) \
-                else (key, first)
+            blame, other = (
+                (first, key) if (first in overridden and key not in overridden) else (key, first)
+            )
             source = "" if other in overridden else f" (from board {profile.name!r})"
             p.add(f"gpio.{blame}", f"pin {pin} is also used by gpio.{other}{source}")
             continue
@@ -1081,8 +1132,10 @@ def _resolve_gpio(p: _Problems, values: dict[str, dict[str, Any]], present: set[
     if reader in _PI_UART_DEVICES:
         for pin, signal in _PI_UART_PINS.items():
             if pin in owners:
-                p.add(f"gpio.{owners[pin]}", f"pin {pin} is the UART {signal} used by "
-                                              f"serial.reader {reader!r}")
+                p.add(
+                    f"gpio.{owners[pin]}",
+                    f"pin {pin} is the UART {signal} used by serial.reader {reader!r}",
+                )
 
 
 def defaults(*, sim: bool = False) -> Config:
@@ -1115,10 +1168,16 @@ def parse_text(text: str) -> dict[str, Any]:
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
-_STRING_ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\", ord("\b"): "\\b", ord("\t"): "\\t",
-                   ord("\n"): "\\n", ord("\f"): "\\f", ord("\r"): "\\r"}
-_STRING_ESCAPES.update({c: f"\\u{c:04X}" for c in [*range(0x20), 0x7F]
-                        if c not in _STRING_ESCAPES})
+_STRING_ESCAPES = {
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+    ord("\b"): "\\b",
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\f"): "\\f",
+    ord("\r"): "\\r",
+}
+_STRING_ESCAPES.update({c: f"\\u{c:04X}" for c in [*range(0x20), 0x7F] if c not in _STRING_ESCAPES})
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -1179,8 +1238,10 @@ def dumps(doc: dict[str, Any], *, header: str = "") -> str:
 # Files
 # --------------------------------------------------------------------------------------
 
-FILE_HEADER = ("porch configuration: edit it on the device's web page, or by hand and then\n"
-               "run `porch check-config FILE`. Rewritten on every save; comments are not kept.")
+FILE_HEADER = (
+    "porch configuration: edit it on the device's web page, or by hand and then\n"
+    "run `porch check-config FILE`. Rewritten on every save; comments are not kept."
+)
 
 
 def _read_file_problem(path: Path, exc: OSError) -> str:
