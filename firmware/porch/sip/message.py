@@ -651,7 +651,7 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 _CALL_ID_RE = re.compile(
     r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?"
 )
-_STATUS_LINE = re.compile(r"(SIP/[0-9]+\.[0-9]+) ([1-6][0-9][0-9]) ?(.*)", re.S | re.I)
+_STATUS_LINE = re.compile(r"(SIP/[0-9]+\.[0-9]+) ([1-6][0-9][0-9])(?: (.*))?", re.S | re.I)
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 
 Parsed = Request | Response
@@ -732,7 +732,7 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[Parsed, list[str]]:
         msg: Parsed = Response.__new__(Response)
         msg.version = m.group(1).upper()
         msg.status = int(m.group(2))
-        msg.reason = m.group(3)
+        msg.reason = m.group(3) or ""
     else:
         # Liberal about runs of SP (RFC 4475 3.1.2.9/10): the pieces are method, target and
         # version; whatever else is wrong shows when the Request-URI is parsed.
@@ -905,7 +905,7 @@ def make_response(
     if from_value is not None:
         fields.append(("From", from_value))
     if to_value is not None:
-        if to_tag and status != 100 and request.to.tag is None:
+        if to_tag and status != 100 and not _has_tag(request):
             to_value = f"{to_value};tag={to_tag}"
         fields.append(("To", to_value))
     if call_id is not None:
@@ -922,6 +922,13 @@ def make_response(
         fields.append(("Content-Type", content_type))
     fields.append(("Content-Length", str(len(body))))
     return Response(status, reason, fields, body)
+
+
+def _has_tag(request: Request) -> bool:
+    try:
+        return request.to.tag is not None
+    except RemoteProtocolError:  # answering a malformed To (with a 400): leave it alone
+        return True
 
 
 def build_request(
