@@ -473,9 +473,11 @@ class Flow(asyncio.Protocol):
         self.remote: Address = ("", 0)
         self.local: Address = ("", 0)
         self.closed = False
+        self.broken = False  # a framing error: no more reading, closing soon
         self.last_message = 0.0  # loop time of the last SIP message either way
         self._pending = bytearray()  # bytes the parser holds, to salvage after an error
         self._lf_run = 0  # LFs seen in a CRLF run between messages
+        self._lf_time = 0.0
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -513,6 +515,15 @@ class Flow(asyncio.Protocol):
         if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("%s peer %s does not read; closing", self.kind, self.remote)
             self.close()
+
+    def finish(self, grace: float = 1.0) -> None:
+        """Stop reading (the stream can no longer be framed) and close after `grace` s."""
+        if self.transport is None or self.closed or self.broken:
+            return
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(grace, self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -559,6 +570,7 @@ class Keepalive:
         self._call_id = secrets.token_hex(8)
         self._tag = secrets.token_hex(4)
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -576,11 +588,15 @@ class Keepalive:
     def pong(self) -> None:
         if self.schedule.on_pong(self.owner._now()):
             self.owner.stats.pongs_in += 1
+            self._wake.set()  # the next deadline is now earlier than the one slept on
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.0, self.schedule.deadline - loop.time()))
+            delay = max(0.0, self.schedule.deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
             for action in self.schedule.on_timer(loop.time()):
                 if action == "failed":
                     self._failed("no answer to keepalive")
@@ -1036,7 +1052,7 @@ class SipTransport:
             flow.close()
 
     def _stream_in(self, flow: Flow, data: bytes) -> None:
-        if flow.closed:
+        if flow.closed or flow.broken:
             return
         if flow.parser.buffered == 0 and data[:1] in (b"\r", b"\n"):
             rest = data.lstrip(b"\r\n")
@@ -1077,7 +1093,8 @@ class SipTransport:
 
     def _stream_error(self, flow: Flow, source: Source, exc: RemoteProtocolError) -> None:
         """The stream cannot be framed any more: deliver what came before the bad message
-        (the parser consumed it), answer the bad one if possible, then close."""
+        (the parser consumed it), answer the bad one if possible, stop reading, and close
+        after a grace period in which answers to the good ones can still go out."""
         held = flow.parser.buffered
         good, bad = (
             bytes(flow._pending[: len(flow._pending) - held]),
@@ -1090,19 +1107,30 @@ class SipTransport:
                 items = []
             self._stream_items(flow, source, items)
         self._reject(bad, exc, source, reply=flow.write)
-        flow.close()
+        flow.finish()
 
     def _crlf_run(self, flow: Flow, run: bytes) -> None:
         """CR/LF between messages: two line ends are a ping (answer a pong), one is a pong.
-        The run is counted across reads, so a ping split over two segments still counts."""
+
+        While we await a pong on this flow a single CRLF is taken as that pong. Otherwise
+        a lone CRLF is remembered for a moment, so that a ping split over two segments is
+        still answered.
+        """
+        now = self._now()
+        if flow._lf_run and now - flow._lf_time > 1.0:
+            flow._lf_run = 0
+        flow._lf_time = now
+        keepalive = self._keepalives.get(flow.key)
         for byte in run:
-            if byte == 10:
-                flow._lf_run += 1
-                if flow._lf_run == 2:
-                    flow._lf_run = 0
-                    self._answer_ping(flow)
-        if flow._lf_run == 1:
-            self._got_pong(flow)
+            if byte != 10:
+                continue
+            flow._lf_run += 1
+            if flow._lf_run == 2:
+                flow._lf_run = 0
+                self._answer_ping(flow)
+            elif keepalive is not None and keepalive.schedule.waiting:
+                flow._lf_run = 0
+                keepalive.pong()
 
     def _answer_ping(self, flow: Flow) -> None:
         self.stats.pings_in += 1
