@@ -711,14 +711,20 @@ def _schema_fields(cls: type) -> list[dataclasses.Field]:
 
 @dataclass(frozen=True)
 class Config:
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    sip: SipConfig = field(default_factory=SipConfig)
-    call: CallConfig = field(default_factory=CallConfig)
-    door: DoorConfig = field(default_factory=DoorConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    gpio: GpioConfig = field(default_factory=GpioConfig)
-    serial: SerialConfig = field(default_factory=SerialConfig)
-    web: WebConfig = field(default_factory=WebConfig)
+    """A whole, valid configuration. Get one from validate(), load() or defaults(), never by
+    calling Config() by hand: only validate() applies the board profile to the gpio pins.
+    For a variant in tests: ``dataclasses.replace(cfg, door=dataclasses.replace(cfg.door,
+    unlock_seconds=1.0))`` or, checked, ``validate({...})``.
+    """
+
+    device: DeviceConfig
+    sip: SipConfig
+    call: CallConfig
+    door: DoorConfig
+    audio: AudioConfig
+    gpio: GpioConfig
+    serial: SerialConfig
+    web: WebConfig
 
     def to_document(self) -> dict[str, dict[str, Any]]:
         """The whole config as the TOML document a user would write (arrays as lists).
