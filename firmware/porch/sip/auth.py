@@ -499,15 +499,10 @@ class DigestServer:
         algorithm = creds.algorithm or "MD5"
         if algorithm not in self.algorithms:
             return AuthResult(False, creds.username, reason="algorithm not offered")
-        state = self._nonces.get(creds.nonce)
-        if state is None:
-            return AuthResult(False, creds.username, reason="unknown nonce")
-        issued, last_nc = state
-        if self.qop:
-            if creds.qop not in self.qop or creds.nc is None or not creds.cnonce:
-                return AuthResult(False, creds.username, reason="qop missing or not offered")
-            if creds.nc <= last_nc:
-                return AuthResult(False, creds.username, reason="nonce count replayed")
+        if self.qop and (creds.qop not in self.qop or creds.nc is None or not creds.cnonce):
+            return AuthResult(False, creds.username, reason="qop missing or not offered")
+        if ALGORITHMS[algorithm][1] and not creds.cnonce:
+            return AuthResult(False, creds.username, reason="-sess without cnonce")
         if (
             self.check_uri
             and creds.uri != request.target
@@ -532,10 +527,16 @@ class DigestServer:
         )
         if not secrets.compare_digest(expected, creds.response.lower()):
             return AuthResult(False, creds.username, reason="wrong response")
-        if now - issued > self.nonce_lifetime:
-            del self._nonces[creds.nonce]
+        # The password is right. A nonce we no longer know (expired, or issued before a
+        # restart) only needs refreshing: stale=true, which the client does not count.
+        state = self._nonces.get(creds.nonce)
+        if state is None or now - state[0] > self.nonce_lifetime:
             return AuthResult(False, creds.username, stale=True, reason="nonce expired")
-        self._nonces[creds.nonce] = (issued, creds.nc or last_nc)
+        issued, last_nc = state
+        if self.qop:
+            if creds.nc <= last_nc:  # type: ignore[operator]
+                return AuthResult(False, creds.username, reason="nonce count replayed")
+            self._nonces[creds.nonce] = (issued, creds.nc)  # type: ignore[assignment]
         return AuthResult(True, creds.username)
 
     def check(self, request: Request, now: float, *, to_tag: str | None = None) -> Response | None:

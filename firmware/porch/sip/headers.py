@@ -373,7 +373,6 @@ class Via:
 
 _QUOTED_HEAD_RE = re.compile(rf"({_QUOTED})[ \t]*", re.S)
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
-_NO_QUOTES_NEEDED_RE = re.compile(rf"[{TOKEN_CHARS}]+(?: [{TOKEN_CHARS}]+)*")
 
 
 class NameAddress:
@@ -516,8 +515,7 @@ class NameAddress:
     def __str__(self) -> str:
         parts = []
         if self.display_name is not None:
-            name = self.display_name
-            parts.append(name if _NO_QUOTES_NEEDED_RE.fullmatch(name) else quote_string(name))
+            parts.append(quote_string(self.display_name))
             parts.append(" ")
         parts += ("<", self._uri_text, ">")
         for k, v in self.params.items():
