@@ -119,9 +119,12 @@ class Network:
                 self.in_flight.remove(item)
                 _, _, side, data = item
                 before = len(self.events[side])
-                self.emit(side, self.layer(side).on_message(
-                    parse_datagram(data), "peer", reliable=False, now=self.now
-                ))
+                self.emit(
+                    side,
+                    self.layer(side).on_message(
+                        parse_datagram(data), "peer", reliable=False, now=self.now
+                    ),
+                )
             else:
                 for side in ("a", "b"):
                     d = self.layer(side).next_deadline

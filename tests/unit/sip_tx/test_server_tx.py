@@ -49,7 +49,7 @@ def test_no_100_trying_when_the_tu_answers_in_time():
 
 
 def test_trying_none_means_never():
-    req, tx, _ = started(timers=Timers(trying=None))
+    _req, tx, _ = started(timers=Timers(trying=None))
     assert tx.deadline is None
 
 
@@ -142,6 +142,6 @@ def test_non_invite_over_tcp_ends_with_the_final():
 
 
 def test_response_must_belong_to_the_request():
-    req, tx, _ = started(method="INFO")
+    _req, tx, _ = started(method="INFO")
     with pytest.raises(LocalProtocolError):
         tx.send_response(reply(invite(), 200), 0.1)

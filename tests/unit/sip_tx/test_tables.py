@@ -158,8 +158,13 @@ def test_client_transactions_follow_their_table(method, reliable, ops):
             continue
         terminated_events += sum(isinstance(a, TransactionTerminated) for a in out)
         if reliable:
-            assert not any(isinstance(a, Send) and a.message is req and tx.history
-                           and tx.history[-1][1] in (Input.TIMER_A, Input.TIMER_E) for a in out)
+            assert not any(
+                isinstance(a, Send)
+                and a.message is req
+                and tx.history
+                and tx.history[-1][1] in (Input.TIMER_A, Input.TIMER_E)
+                for a in out
+            )
         _check_invariants(tx, reliable)
     assert terminated_events == (1 if tx.terminated else 0)
 
