@@ -236,12 +236,14 @@ class _Lookups:
         results = await asyncio.gather(*(self.query(host, rdtype) for rdtype in families))
         return [str(rdata.address) for answer in results for rdata in answer]
 
-    async def srv(self, name: str, rng: random.Random) -> list[SrvRecord]:
+    async def srv(self, name: str, rng: random.Random) -> tuple[bool, list[SrvRecord]]:
+        """(any SRV record at all, the usable ones in order). A lone "." record says the
+        service is decidedly not offered there: found, but nothing to try."""
         records = [
             SrvRecord(r.priority, r.weight, r.port, str(r.target).rstrip(".") or ".")
             for r in await self.query(name, "SRV")
         ]
-        return order_srv(records, rng)
+        return bool(records), order_srv(records, rng)
 
 
 def default_resolver() -> Resolver:
@@ -272,12 +274,15 @@ async def locate(
     rng = rng or random.Random()
     out: list[Target] = []
 
+    async def add_records(transport: str, records: list[SrvRecord]) -> None:
+        found = await asyncio.gather(*(look.addresses(r.target, families) for r in records))
+        for rec, ips in zip(records, found, strict=True):
+            out.extend(Target(transport, ip, rec.port, p.name) for ip in ips)
+
     async def add_srv(transport: str, name: str) -> bool:
-        records = await look.srv(name, rng)
-        for rec in records:
-            for ip in await look.addresses(rec.target, families):
-                out.append(Target(transport, ip, rec.port, p.name))
-        return bool(records)
+        exists, records = await look.srv(name, rng)
+        await add_records(transport, records)
+        return exists
 
     async def add_plain(transport: str, port: int) -> None:
         for ip in await look.addresses(p.host, families):
@@ -302,11 +307,9 @@ async def locate(
             results = await asyncio.gather(
                 *(look.srv(SRV_PREFIXES[t] + p.host, rng) for t in wanted)
             )
-            for transport, records in zip(wanted, results, strict=True):
-                for rec in records:
-                    found = True
-                    for ip in await look.addresses(rec.target, families):
-                        out.append(Target(transport, ip, rec.port, p.name))
+            for transport, (exists, records) in zip(wanted, results, strict=True):
+                found = found or exists
+                await add_records(transport, records)
         if not found:
             transport = _default_transport(p.secure, transports)
             await add_plain(transport, DEFAULT_PORTS[transport])
