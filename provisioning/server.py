@@ -276,7 +276,10 @@ class WebServer:
             return _error(422, f"name: must be one of {', '.join(SIM_INPUTS)}")
         if not isinstance(value, bool):
             return _error(422, "value: must be true or false")
-        self.controller.sim_input(name, value)
+        try:
+            self.controller.sim_input(name, value)
+        except LookupError as exc:
+            return _error(409, str(exc))
         return web.json_response({"ok": True})
 
     async def sim_outputs(self, request: web.Request) -> web.Response:

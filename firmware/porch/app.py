@@ -374,8 +374,11 @@ def run_from_cli(args: Namespace) -> int:
         print(f"porch: cannot create state dir {state_dir}: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.sim and args.config is None and not config_path.exists():
-            cfg = config.load(None, sim=True)
+        if args.config is None and not config_path.exists():
+            # First boot: no config yet. Start on defaults so the installer can reach
+            # the web page; the first save writes the file.
+            log.warning("no config at %s yet: running on defaults", config_path)
+            cfg = config.defaults(sim=args.sim)
         else:
             cfg = config.load(config_path, sim=args.sim)
     except ConfigError as exc:

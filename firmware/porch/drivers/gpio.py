@@ -39,11 +39,11 @@ class Pins:
 
     button: int
     relay: int
-    led_ready: int
-    led_call: int
-    door_contact: int
-    exit_button: int
-    tamper: int
+    led_ready: int | None
+    led_call: int | None
+    door_contact: int | None
+    exit_button: int | None
+    tamper: int | None
     relay_active_high: bool = True
     inputs_pull_up: bool = True
     button_hold_seconds: float = 2.0
@@ -175,8 +175,11 @@ class DoorIO:
             )
             self.relay = RelayGuard(relay, loop, on_relay)
             for name in LED_NAMES:
-                self._leds[name] = LED(getattr(pins, name), initial_value=False, **factory_kw)
+                if getattr(pins, name) is not None:  # None: not fitted on this door
+                    self._leds[name] = LED(getattr(pins, name), initial_value=False, **factory_kw)
             for name in INPUT_NAMES:
+                if getattr(pins, name) is None:
+                    continue
                 button = Button(
                     getattr(pins, name),
                     pull_up=pull_up,
@@ -213,7 +216,9 @@ class DoorIO:
         if self._led_modes.get(name) == mode:
             return
         self._led_modes[name] = mode
-        led = self._leds[name]
+        led = self._leds.get(name)
+        if led is None:
+            return
         if mode == "on":
             led.on()
         elif mode == "off":
@@ -223,13 +228,15 @@ class DoorIO:
             led.blink(on_time=on_time, off_time=off_time, background=True)
 
     def input_active(self, name: str) -> bool:
-        return bool(self._inputs[name].is_pressed)
+        device = self._inputs.get(name)
+        return bool(device is not None and device.is_pressed)
 
     def outputs(self) -> dict[str, Any]:
         """Current outputs (true = active) and the LED modes, for status and the sim API."""
         out: dict[str, Any] = {"relay": self.relay.active}
-        for name, led in self._leds.items():
-            out[name] = bool(led.value)
+        for name in LED_NAMES:
+            led = self._leds.get(name)
+            out[name] = bool(led is not None and led.value)
             out[f"{name}_mode"] = self._led_modes[name]
         for name in INPUT_NAMES:
             out[f"{name}_input"] = self.input_active(name)
@@ -243,6 +250,8 @@ class DoorIO:
             raise RuntimeError("inputs can only be driven in simulation")
         if name not in INPUT_NAMES:
             raise KeyError(name)
+        if getattr(self.pins, name) is None:
+            raise LookupError(f"{name} is not wired on this board (gpio.{name} = -1)")
         pin = self._factory.pin(getattr(self.pins, name))
         # Pulled-up inputs are active low: a press shorts the pin to ground.
         level_high = active != self.pins.inputs_pull_up

@@ -171,3 +171,18 @@ def test_active_low_relay_board():
 
     idle_level, on_level = run(main())
     assert idle_level is True and on_level is False  # active low: off means high
+
+
+def test_unfitted_inputs_and_leds_are_skipped():
+    async def main():
+        pins = Pins(**{**PINS.__dict__, "tamper": None, "led_call": None})
+        door = DoorIO(pins, asyncio.get_running_loop(), lambda n, a: None, sim=True)
+        door.set_led("led_call", "on")  # nothing fitted: nothing to drive, no error
+        outputs = door.outputs()
+        with pytest.raises(LookupError):
+            door.sim_drive("tamper", True)
+        door.close()
+        return outputs
+
+    outputs = run(main())
+    assert outputs["tamper_input"] is False and outputs["led_call"] is False
