@@ -865,7 +865,9 @@ class SipTransport:
             return
         old = self.public_addresses.get(transport)
         self.public_addresses[transport] = address
-        log.info("public %s address %s -> %s:%s", transport, old, *address)
+        # On streams the port is that of one connection: less news than a UDP mapping.
+        level = logging.INFO if transport == "udp" else logging.DEBUG
+        log.log(level, "public %s address %s -> %s:%s", transport, old, *address)
         self._call(self.on_public_address, transport, address)
 
     # -- sending ------------------------------------------------------------------------
@@ -973,7 +975,7 @@ class SipTransport:
     ) -> Flow:
         key = (transport, destination[0], destination[1])
         flow = self._flows.get(key)
-        if flow is not None and flow.open:
+        if flow is not None and flow.open and not flow.broken:
             return flow
         pending = self._connecting.get(key)
         if pending is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from sip_edge_util import run, sip_request, udp_peer, wait_for
@@ -280,3 +281,55 @@ def test_stamp_via_and_response_destination_rules():
     assert response_destination(
         Via.parse("SIP/2.0/UDP 10.0.0.5:5070;branch=z9hG4bKm;maddr=239.1.1.1")
     ) == ("239.1.1.1", 5070)
+
+
+def test_dscp_refused_by_the_os_is_logged_and_skipped(caplog):
+    from porch.sip.transport import _set_dscp
+
+    caplog.set_level(logging.INFO, logger="porch.sip.transport")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+        assert _set_dscp(unix, DSCP_CS3) is False
+    assert "DSCP" in caplog.text
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        return
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return  # no IPv6 loopback on this machine
+
+    async def main():
+        import asyncio
+
+        async with SipTransport("::1", 0) as t:
+            responder = Responder(t)
+            loop = asyncio.get_running_loop()
+            got = []
+
+            class Peer(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    got.append(data)
+
+            transport, _ = await loop.create_datagram_endpoint(Peer, local_addr=("::1", 0))
+            via = t.make_via()
+            assert via.host == "[::1]"
+            peer_port = transport.get_extra_info("sockname")[1]
+            transport.sendto(
+                sip_request(via="SIP/2.0/UDP [::1]:9;branch=z9hG4bK6;rport"),
+                ("::1", t.ports["udp"]),
+            )
+            await wait_for(lambda: got)
+            answer = parse_datagram(got[0])
+            assert answer.status == 200
+            assert answer.top_via.received == "[::1]" and answer.top_via.rport == peer_port
+            assert responder.requests[0][1].host == "::1"
+            assert (
+                t._udp.get_extra_info("socket").getsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS)
+                == DSCP_CS3
+            )
+            transport.close()
+
+    run(main())
