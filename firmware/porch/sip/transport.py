@@ -916,12 +916,16 @@ class SipTransport:
                 flow.last_message = self._now()
                 self.stats.sent += 1
                 return
+        try:
             via = response.top_via
+        except RemoteProtocolError as exc:
+            raise TransportError(f"no usable Via to route the response: {exc}") from exc
+        if source.transport in STREAMS:
             host = _unbracket(via.received or via.host)
             port = via.port or DEFAULT_PORTS[source.transport]
             await self.send(data, (host, port), source.transport)
             return
-        await self.send(data, response_destination(response.top_via, source), "udp")
+        await self.send(data, response_destination(via, source), "udp")
 
     def send_datagram(self, data: bytes, address: Address) -> None:
         """A raw datagram from the SIP UDP socket (STUN, keepalives)."""

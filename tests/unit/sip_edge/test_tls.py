@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import pytest
@@ -10,6 +11,7 @@ from sip_edge_util import run, sip_request, wait_for
 
 from porch.sip.message import Response, make_response
 from porch.sip.transport import (
+    DSCP_CS3,
     SipTransport,
     TransportError,
     client_tls_context,
@@ -56,6 +58,11 @@ def test_tls_request_and_response_with_configured_ca_and_sni(pki):
             assert client.stats.connections_out == 1
             flow = client.flow("tls", dest)
             assert flow.transport.get_extra_info("peercert")["subject"][0][0][1] == "sip.test"
+            sock = flow.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == DSCP_CS3
+            (incoming,) = server.flows
+            sock = incoming.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == DSCP_CS3
             # Via says TLS, and the stamped answer tells the port we connected from.
             assert got[0][0].top_via.transport == "TLS"
             assert got[0][0].top_via.rport == flow.local[1]
