@@ -43,6 +43,7 @@ from typing import Any
 from porch.sip import stun
 from porch.sip.errors import RemoteProtocolError
 from porch.sip.headers import Via, header_key, split_list
+from porch.sip.locate import Target
 from porch.sip.message import (
     DEFAULT_LIMITS,
     REASONS,
@@ -874,17 +875,21 @@ class SipTransport:
     async def send(
         self,
         message: Message | bytes,
-        destination: Address,
+        destination: Address | Target,
         transport: str = "udp",
         *,
         server_name: str | None = None,
     ) -> None:
-        """Send one message (or raw bytes) to `destination` over `transport`.
+        """Send one message (or its bytes) to `destination` over `transport`.
 
-        TCP/TLS reuse an open connection to that address (ours or the peer's) and
-        otherwise connect; TLS verifies the server against `server_name` (default: the
-        destination host). Raises TransportError when it cannot be sent.
+        `destination` is (host, port), or a `locate.Target`, which brings its own
+        transport and TLS name. TCP/TLS reuse an open connection to that address (ours or
+        the peer's) and otherwise connect; TLS verifies the server against `server_name`
+        (default: the destination host). Raises TransportError when it cannot be sent.
         """
+        if isinstance(destination, Target):
+            transport, server_name = destination.transport, server_name or destination.name
+            destination = (destination.host, destination.port)
         transport = transport.lower()
         data = message if isinstance(message, bytes | bytearray) else message.to_bytes()
         host, port = destination
@@ -902,13 +907,14 @@ class SipTransport:
             raise TransportError(f"unknown transport {transport!r}")
         self.stats.sent += 1
 
-    async def respond(self, response: Response, source: Source) -> None:
+    async def respond(self, response: Response, source: Source, data: bytes | None = None) -> None:
         """Send a response to a request that came from `source` (RFC 3261 18.2.2).
 
         TCP/TLS: back on the request's connection while it is open, else a new connection
         to `received` (or sent-by) and the sent-by port. UDP: `response_destination`.
+        `data` is the response already serialised, if the caller has it.
         """
-        data = response.to_bytes()
+        data = response.to_bytes() if data is None else data
         if source.transport in STREAMS:
             flow = source.flow
             if flow is not None and flow.open:

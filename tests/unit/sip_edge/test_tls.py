@@ -9,6 +9,7 @@ import ssl
 import pytest
 from sip_edge_util import run, sip_request, wait_for
 
+from porch.sip.locate import locate
 from porch.sip.message import Response, make_response
 from porch.sip.transport import (
     DSCP_CS3,
@@ -124,3 +125,20 @@ def test_client_context_trusts_system_store_or_only_the_configured_ca(pki):
     configured = client_tls_context(str(pki.ca))
     assert configured.cert_store_stats()["x509_ca"] == 1  # sip.tls_ca replaces the store
     assert configured.verify_mode == ssl.CERT_REQUIRED and configured.check_hostname
+
+
+def test_sips_uri_leads_to_tls_through_locate(pki):
+    async def main():
+        server = await tls_server(pki)
+        got = []
+        async with SipTransport(
+            "127.0.0.1", 0, tls_ca=str(pki.ca), on_message=lambda m, s: got.append((m, s))
+        ) as client:
+            (target,) = await locate(f"sips:door@127.0.0.1:{server.ports['tls']}")
+            assert target.transport == "tls"
+            await client.send(sip_request(via=str(client.make_via("tls"))), target)
+            await wait_for(lambda: got)
+            assert got[0][1].transport == "tls" and got[0][0].status == 200
+        await server.stop()
+
+    run(main())
