@@ -398,3 +398,96 @@ def test_send_is_the_only_thing_the_edge_has_to_perform(layer):
     _, out = layer.send_request(uac_request(), "pbx", reliable=False, now=0.0)
     assert all(isinstance(a, Send) for a in out)
     assert isinstance(out[0].data, bytes) and out[0].data.startswith(b"INVITE ")
+
+
+# -- Hypothesis: random traffic never escapes and never leaks transactions ----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from porch.sip.transaction import State  # noqa: E402
+
+_op = st.one_of(
+    st.tuples(st.just("send"), st.sampled_from(["INVITE", "OPTIONS", "BYE"]), st.integers(0, 3)),
+    st.tuples(st.just("respond"), st.sampled_from([100, 180, 200, 486]), st.integers(0, 9)),
+    st.tuples(
+        st.just("incoming"),
+        st.sampled_from(["INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "PRACK"]),
+        st.integers(0, 9),
+    ),
+    st.tuples(st.just("answer"), st.sampled_from([180, 183, 200, 486, 603]), st.integers(0, 9)),
+    st.tuples(st.just("cancel"), st.just(0), st.integers(0, 9)),
+    st.tuples(st.just("error"), st.just(0), st.integers(0, 9)),
+    st.tuples(st.just("time"), st.just(0), st.integers(0, 40)),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_op, max_size=40), reliable=st.booleans())
+def test_random_traffic_is_contained_and_everything_ends(ops, reliable):
+    random_traffic(ops, reliable)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=st.lists(_op, max_size=80), reliable=st.booleans())
+def test_random_traffic_long_run(ops, reliable):
+    random_traffic(ops, reliable)
+
+
+def random_traffic(ops, reliable):
+    counter = iter(range(10**6))
+    layer = TransactionLayer(token=lambda: f"h{next(counter)}")
+    now = 0.0
+    sent_requests = []
+    for kind, a, b in ops:
+        if kind == "send":
+            _, out = layer.send_request(
+                uac_request(a, call_id=f"c{b}", cseq=len(sent_requests) + 1),
+                "far", reliable=reliable, now=now,
+            )  # fmt: skip
+            sent_requests += [s.message for s in sends(out)]
+        elif kind == "respond" and sent_requests:
+            req = sent_requests[b % len(sent_requests)]
+            if req.method != "ACK":
+                layer.on_message(reply(req, a, to_tag=f"u{b % 2}"), "far",
+                                 reliable=reliable, now=now)  # fmt: skip
+        elif kind == "incoming":
+            req = invite(method=a, branch=f"z9hG4bKb{b % 4}", call_id=f"in{b % 3}",
+                         to_tag="x" if a in ("BYE", "PRACK") else None,
+                         extra=[("RAck", "1 1 INVITE")] if a == "PRACK" else None)  # fmt: skip
+            layer.on_message(req, "far", reliable=reliable, now=now)
+        elif kind == "answer" and layer.servers:
+            key = sorted(layer.servers)[b % len(layer.servers)]
+            tx = layer.servers[key]
+            resp = reply(tx.request, a if tx.request.method == "INVITE" else 200, to_tag="me")
+            try:
+                layer.send_response(key, resp, now)
+            except LocalProtocolError:
+                assert tx.final_sent
+        elif kind == "cancel" and (
+            invites := sorted(k for k in layer.clients if k.method == "INVITE")
+        ):
+            layer.cancel(invites[b % len(invites)], now)
+        elif kind == "error" and layer.clients:
+            layer.transport_error(sorted(layer.clients)[b % len(layer.clients)], now)
+        elif kind == "time":
+            now += b
+            layer.on_timer(now)
+    # The TU answers whatever is still waiting, then time passes: nothing may linger.
+    for key, tx in list(layer.servers.items()):
+        if tx.state is State.PROCEEDING or tx.state is State.TRYING:
+            layer.send_response(key, reply(tx.request, 486 if tx.kind == "invite-server"
+                                           else 200, to_tag="me"), now)  # fmt: skip
+    for key in list(layer.clients):
+        if key.method == "INVITE":
+            layer.cancel(key, now)  # the TU gives up ringing; the CANCEL guard ends it
+    for _ in range(200):
+        t = layer.next_deadline
+        if t is None:
+            break
+        now = max(now, t)
+        layer.on_timer(now)
+    assert layer.next_deadline is None
+    assert not layer.clients and not layer.servers
+    assert not layer._merged and not layer._retransmit

@@ -127,13 +127,47 @@ def _check_invariants(tx, reliable):
         assert isinstance(entry, Transition) and entry.next is after
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    method=st.sampled_from(["INVITE", "OPTIONS"]),
-    reliable=st.booleans(),
-    ops=st.lists(st.tuples(client_ops, st.floats(0, 40)), max_size=25),
-)
+CLIENT_ARGS = {
+    "method": st.sampled_from(["INVITE", "OPTIONS"]),
+    "reliable": st.booleans(),
+    "ops": st.lists(st.tuples(client_ops, st.floats(0, 40)), max_size=25),
+}
+SERVER_ARGS = {
+    "method": st.sampled_from(["INVITE", "INFO"]),
+    "reliable": st.booleans(),
+    "ops": st.lists(st.tuples(server_ops, st.floats(0, 40)), max_size=25),
+}
+QUICK = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LONG = settings(max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@QUICK
+@given(**CLIENT_ARGS)
 def test_client_transactions_follow_their_table(method, reliable, ops):
+    drive_client(method, reliable, ops)
+
+
+@QUICK
+@given(**SERVER_ARGS)
+def test_server_transactions_follow_their_table(method, reliable, ops):
+    drive_server(method, reliable, ops)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(**CLIENT_ARGS)
+def test_client_transactions_long_run(method, reliable, ops):
+    drive_client(method, reliable, ops)
+
+
+@pytest.mark.fuzz
+@LONG
+@given(**SERVER_ARGS)
+def test_server_transactions_long_run(method, reliable, ops):
+    drive_server(method, reliable, ops)
+
+
+def drive_client(method, reliable, ops):
     req = invite(method=method)
     tx = ClientTransaction(req, "peer", reliable=reliable, timers=FAST)
     now = 0.0
@@ -169,13 +203,7 @@ def test_client_transactions_follow_their_table(method, reliable, ops):
     assert terminated_events == (1 if tx.terminated else 0)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    method=st.sampled_from(["INVITE", "INFO"]),
-    reliable=st.booleans(),
-    ops=st.lists(st.tuples(server_ops, st.floats(0, 40)), max_size=25),
-)
-def test_server_transactions_follow_their_table(method, reliable, ops):
+def drive_server(method, reliable, ops):
     req = invite(method=method)
     tx = ServerTransaction(req, "peer", reliable=reliable, timers=FAST)
     now = 0.0
