@@ -31,6 +31,8 @@ provisional responses until PRACK (RFC 3262).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -792,6 +794,7 @@ class _Transaction:
         self.history: list[tuple[State, Input, State]] = []  # for logs and tests
         self.retransmissions = 0
         self._input = Input.START
+        self.scheduled: float | None = None  # the deadline the layer has indexed
 
     # -- time -----------------------------------------------------------------------------
     @property
@@ -1105,25 +1108,51 @@ class TransactionLayer:
         self.servers: dict[ServerKey, ServerTransaction] = {}
         self._merged: dict[tuple[str, str, int, str], ServerKey] = {}
         self._retransmit: dict[tuple[Any, ...], _Retransmit] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._seq = itertools.count()
         self._acks: dict[tuple[str, int, str | None], _CachedAck] = {}
         self.stats = LayerStats()
 
     # -- time -----------------------------------------------------------------------------
     @property
     def next_deadline(self) -> float | None:
-        times = [d for tx in self._all() if (d := tx.deadline) is not None]
-        times += [r.due for r in self._retransmit.values()]
+        """The earliest time `on_timer` has work to do (None: nothing scheduled)."""
+        heap = self._heap
+        while heap:
+            t, _, key = heap[0]
+            tx = self._lookup(key)
+            if tx is not None and tx.deadline == t:
+                break
+            heapq.heappop(heap)  # stale: the transaction ended or its timers moved
+        times = [r.due for r in self._retransmit.values()]
+        if heap:
+            times.append(heap[0][0])
         return min(times) if times else None
 
-    def _all(self) -> list[_Transaction]:
-        return [*self.clients.values(), *self.servers.values()]
+    def _lookup(self, key: Key) -> _Transaction | None:
+        if isinstance(key, ClientKey):
+            return self.clients.get(key)
+        return self.servers.get(key)
+
+    def _schedule(self, tx: _Transaction) -> None:
+        """Index the transaction's next deadline (a heap with lazy deletion, so that a flood
+        of completed transactions waiting out timer J/K costs log n, not n, per event)."""
+        d = tx.deadline
+        if d is not None and d != tx.scheduled:
+            heapq.heappush(self._heap, (d, next(self._seq), tx.key))
+        tx.scheduled = d
 
     def on_timer(self, now: float) -> list[Action]:
+        """Fire everything due at `now`: transaction timers, 2xx and reliable 1xx resends."""
         out: list[Action] = []
-        for tx in self._all():
-            d = tx.deadline
-            if d is not None and d <= now:
-                out += self._post(tx, tx.on_timer(now), now)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, key = heapq.heappop(heap)
+            tx = self._lookup(key)
+            if tx is None or tx.deadline is None or tx.deadline > now:
+                continue  # stale entry; a live later deadline has its own entry
+            tx.scheduled = None
+            out += self._post(tx, tx.on_timer(now), now)
         for rkey, r in list(self._retransmit.items()):
             if r.due > now:
                 continue
@@ -1363,6 +1392,8 @@ class TransactionLayer:
                 out.append(action)
             else:
                 out.append(action)
+        if not tx.terminated:
+            self._schedule(tx)
         return out
 
     def _forget(self, tx: _Transaction) -> None:

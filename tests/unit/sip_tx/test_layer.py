@@ -283,6 +283,22 @@ def test_reliable_provisional_without_prack_times_out(layer):
     assert [(t, a.key) for t, a in found] == [(32.0, ev.key)]
 
 
+def test_next_deadline_follows_moved_and_stopped_timers(layer):
+    keys = []
+    for i in range(50):
+        _key, out = layer.send_request(uac_request(call_id=f"c{i}"), "pbx", reliable=False,
+                                      now=float(i))  # fmt: skip
+        keys.append(sends(out)[0].message)
+    assert layer.next_deadline == 0.5
+    for req in keys[:49]:  # all but the last get a 180: their A and B stop
+        layer.on_message(reply(req, 180), "pbx", reliable=False, now=49.0)
+    assert layer.next_deadline == 49.5  # the last one's timer A
+    layer.on_message(reply(keys[49], 486), "pbx", reliable=False, now=49.1)
+    assert layer.next_deadline == 49.1 + 32  # its timer D
+    layer.on_timer(81.1)
+    assert layer.next_deadline is None and len(layer.clients) == 49
+
+
 def test_timeouts_and_termination_clean_up(layer):
     key, _ = layer.send_request(uac_request("OPTIONS"), "pbx", reliable=False, now=0.0)
     events = []
