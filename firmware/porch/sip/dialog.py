@@ -137,6 +137,9 @@ class Dialog:
         self.invite_out: _Pending | None = None  # our INVITE awaiting its final response
         self.invite_in: _Pending | None = None  # their INVITE we have not answered finally
         self.initial_cseq = remote_cseq if role is Role.UAS else local_cseq
+        # As UAS: the CSeq of the INVITE whose 2xx is not ACKed yet. RFC 3261 15.1.1: no BYE
+        # before the ACK arrived (or TransactionLayer reported AckTimeout); set it to None then.
+        self.awaiting_ack: int | None = None
         self.remote_rseq: int | None = None  # RFC 3262, as UAC: last RSeq processed
         self.local_rseq = 0  # RFC 3262, as UAS: last RSeq sent
 
@@ -397,8 +400,12 @@ class Dialog:
         500 (with a Retry-After header) for an INVITE while theirs is unanswered.
         """
         method = request.method
-        if method in ("ACK", "CANCEL"):
-            return  # same CSeq as their INVITE; CANCEL belongs to the transaction layer
+        if method == "ACK":
+            if self.awaiting_ack == request.cseq.number:
+                self.awaiting_ack = None
+            return  # same CSeq as their INVITE: no order check
+        if method == "CANCEL":
+            return  # CANCEL belongs to the transaction layer
         if self.terminated:
             raise RemoteProtocolError(481, "Call/Transaction Does Not Exist")
         number = request.cseq.number
@@ -465,6 +472,7 @@ class Dialog:
             if self.invite_in is not None and self.invite_in.cseq == request.cseq.number:
                 self.invite_in = None
             if status < 300:
+                self.awaiting_ack = request.cseq.number
                 if self.early:
                     self.state = DialogState.CONFIRMED
             elif creating:

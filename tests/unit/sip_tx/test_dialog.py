@@ -201,7 +201,9 @@ def test_cseq_order_is_enforced_with_500():
         d.on_request(_in_dialog("INFO", 99))
     assert exc.value.status == 500
     assert d.remote_cseq == 101  # unchanged by the refused request
+    assert d.awaiting_ack == 100  # our 2xx to their INVITE is not ACKed yet
     d.on_request(_in_dialog("ACK", 100))  # ACK carries its INVITE's (older) number
+    assert d.awaiting_ack is None
     d.on_request(_in_dialog("INFO", 250))  # gaps are fine
     assert d.remote_cseq == 250
 
