@@ -192,28 +192,17 @@ _PARAM_RE = re.compile(
 
 def parse_params(text: str, pos: int = 0) -> dict[str, str | None]:
     """Parse ';a=b;c' from `pos` to the end: names lower-cased, values as written."""
-    tail = text[pos:] if pos else text
-    if (
-        tail[:1] == ";"
-        and " " not in tail
-        and '"' not in tail
-        and "\t" not in tail
-        and ("[" not in tail)
-    ):
-        # Fast path: no LWS, quotes or IPv6 references; validate all at once.
+    if _PARAMS_FAST_RE.fullmatch(text, pos):
+        # The common case (tokens only, no LWS or quotes), checked by one regex.
         params: dict[str, str | None] = {}
-        for item in tail[1:].split(";"):
+        for item in text[pos + 1 :].split(";"):
             name, eq, value = item.partition("=")
-            if not name or (eq and (not value or "=" in value)):
-                break
             params[name.lower()] = value if eq else None
-        else:
-            if _PARAM_TEXT_RE.fullmatch(tail):
-                return params
-    return _parse_params_slow(tail)
+        return params
+    return _parse_params_slow(text[pos:] if pos else text)
 
 
-_PARAM_TEXT_RE = re.compile(rf"[{TOKEN_CHARS};=]+")
+_PARAMS_FAST_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)+")
 
 
 def _parse_params_slow(text: str) -> dict[str, str | None]:
@@ -288,11 +277,9 @@ class Via:
                 via.protocol = "SIP/2.0"
                 via.transport = transport if transport.isupper() else transport.upper()
                 via.host = host
-                via.port = int(port) if port is not None and len(port) < 5 else None
-                if via.port is None and port is not None:
-                    via.port = int(port)
-                    if via.port > 65535:
-                        raise RemoteProtocolError(400, "bad Via port")
+                via.port = None if port is None else int(port)
+                if port is not None and via.port > 65535:  # type: ignore[operator]
+                    raise RemoteProtocolError(400, "bad Via port")
                 end = m.end()
                 via.params = parse_params(text, end) if end < len(text) else {}
                 return via
@@ -331,7 +318,9 @@ class Via:
     def rport(self) -> int | None:
         """The rport value a server filled in (RFC 3581), None if absent or empty."""
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        if value and value.isascii() and value.isdigit() and len(value) <= 5:
+            return int(value)
+        return None
 
     @property
     def maddr(self) -> str | None:
@@ -487,7 +476,9 @@ class NameAddress:
     @property
     def expires(self) -> int | None:
         value = self.params.get("expires")
-        return min(int(value), 2**32 - 1) if value and value.isdigit() else None
+        if not value or not value.isascii() or not value.isdigit():
+            return None
+        return min(int(value[:20]), 2**32 - 1)
 
     @property
     def q(self) -> float | None:

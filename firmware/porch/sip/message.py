@@ -185,11 +185,10 @@ class Headers:
     # -- reading ------------------------------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name` (raw text), or `default`."""
-        key = _KEY_CACHE.get(name) or header_key(name)
-        keys = self._keys
-        if key in keys:
-            return self._fields[keys.index(key)][1]
-        return default
+        try:
+            return self._fields[self._keys.index(_KEY_CACHE.get(name) or header_key(name))][1]
+        except ValueError:
+            return default
 
     def getall(self, name: str) -> list[str]:
         """Every field of `name`, one item per header line, unsplit."""
@@ -354,7 +353,10 @@ class Message:
         typed = self.headers.typed
         addr = typed.get("from")
         if addr is None:
-            addr = typed["from"] = NameAddress.parse(self._required("from"))
+            value = self.headers.get("from")
+            if value is None:
+                raise RemoteProtocolError(400, "missing From")
+            addr = typed["from"] = NameAddress.parse(value)
         return addr
 
     @property
@@ -362,7 +364,10 @@ class Message:
         typed = self.headers.typed
         addr = typed.get("to")
         if addr is None:
-            addr = typed["to"] = NameAddress.parse(self._required("to"))
+            value = self.headers.get("to")
+            if value is None:
+                raise RemoteProtocolError(400, "missing To")
+            addr = typed["to"] = NameAddress.parse(value)
         return addr
 
     @property
@@ -383,7 +388,10 @@ class Message:
         typed = self.headers.typed
         cseq = typed.get("cseq")
         if cseq is None:
-            cseq = typed["cseq"] = CSeq.parse(self._required("cseq"))
+            value = self.headers.get("cseq")
+            if value is None:
+                raise RemoteProtocolError(400, "missing CSeq")
+            cseq = typed["cseq"] = CSeq.parse(value)
         return cseq
 
     @property
@@ -480,10 +488,11 @@ class Message:
             return None
         if not value.isdigit() or not value.isascii():
             raise RemoteProtocolError(400, f"bad {canonical_name(key)}: {value[:40]!r}")
-        number = int(value[:20])
+        digits = value.lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 10 else 2**64
         if maximum is not None and number > maximum:
             raise RemoteProtocolError(400, f"{canonical_name(key)} out of range")
-        return min(number, 2**32 - 1) if len(value) < 20 else 2**32 - 1
+        return min(number, 2**32 - 1)
 
     def _tokens(self, key: str) -> frozenset[str]:
         return parse_tokens(self.headers.values(key))
@@ -648,6 +657,10 @@ def _ensure_length(headers: Headers, body: bytes) -> None:
 # ---------------------------------------------------------------------------------------
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)  # fmt: skip
 _CALL_ID_RE = re.compile(
     r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?"
 )
@@ -741,7 +754,7 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[Parsed, list[str]]:
             parts = [p for p in parts if p]
             if len(parts) > 3:
                 parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
-        if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]):
+        if len(parts) != 3 or (parts[0] not in _METHODS and not TOKEN_RE.fullmatch(parts[0])):
             raise RemoteProtocolError(400, f"bad request line: {start[:80]!r}")
         version = parts[2]
         if version != "SIP/2.0":
@@ -784,14 +797,18 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
         raise RemoteProtocolError(513, "Message Too Large")
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
-    m = _BLANK_LINE.search(data)
-    if m is None:
-        raise RemoteProtocolError(400, "no end of the header section")
-    end = m.start()
-    if end and data[end - 1] == 13:  # b"\r"
-        end -= 1
+    end = data.find(b"\r\n\r\n")
+    if end >= 0 and data.find(b"\n\n", 0, end) < 0 and data.find(b"\n\r\n", 0, end + 2) < 0:
+        body_start = end + 4
+    else:  # LF-only (or mixed) line ends
+        m = _BLANK_LINE.search(data)
+        if m is None:
+            raise RemoteProtocolError(400, "no end of the header section")
+        end = m.start()
+        if end and data[end - 1] == 13:  # b"\r"
+            end -= 1
+        body_start = m.end()
     msg, _ = _parse_head(data[:end], limits)
-    body_start = m.end()
     length = _content_length(msg.headers, limits, msg)
     if length is None:
         msg.body = data[body_start:]

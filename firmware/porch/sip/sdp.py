@@ -10,6 +10,7 @@ SdpNegotiationError, which carries status 488 for the user agent to send.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from porch.sip.errors import LocalProtocolError, RemoteProtocolError
 
@@ -128,8 +129,7 @@ class Origin:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Codec:
+class Codec(NamedTuple):
     """An RTP payload format as negotiated: the payload type and what it carries."""
 
     name: str
@@ -179,8 +179,8 @@ class Media:
             if key == "rtpmap" and value:
                 pt, _, spec = value.partition(" ")
                 parts = spec.strip().split("/")
-                if len(parts) >= 2 and parts[1].isdigit():
-                    channels = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
+                if len(parts) >= 2 and _digits(parts[1]):
+                    channels = int(parts[2]) if len(parts) > 2 and _digits(parts[2]) else 1
                     maps[pt] = (parts[0], int(parts[1]), channels)
         return maps
 
@@ -195,14 +195,30 @@ class Media:
 
     def codecs(self) -> list[Codec]:
         """The offered payload formats in order (static types filled in), unknown ones left out."""
-        maps = self.rtpmaps
-        fmtps = self.fmtps
+        maps: dict[str, str] = {}
+        fmtps: dict[str, str] = {}
+        for key, value in self.attributes:
+            if key == "rtpmap" and value:
+                pt, _, spec = value.partition(" ")
+                maps[pt] = spec
+            elif key == "fmtp" and value:
+                pt, _, params = value.partition(" ")
+                fmtps[pt] = params.strip()
         out = []
         for pt in self.formats:
-            spec = maps.get(pt) or STATIC_PAYLOADS.get(pt)
-            if spec is None or not pt.isdigit():
+            if not pt.isdigit():
                 continue
-            out.append(Codec(spec[0], spec[1], int(pt), spec[2], fmtps.get(pt)))
+            spec = maps.get(pt)
+            try:
+                if spec is not None:
+                    parts = spec.strip().split("/")
+                    channels = int(parts[2]) if len(parts) > 2 else 1
+                    out.append(Codec(parts[0], int(parts[1]), int(pt), channels, fmtps.get(pt)))
+                elif pt in STATIC_PAYLOADS:
+                    name, rate, channels = STATIC_PAYLOADS[pt]
+                    out.append(Codec(name, rate, int(pt), channels, fmtps.get(pt)))
+            except (ValueError, IndexError):
+                continue  # a format we cannot read is one we do not use
         return out
 
     @property
@@ -229,10 +245,14 @@ class Media:
         if not value:
             return None
         parts = value.split()
-        if not parts[0].isdigit():
+        if not _digits(parts[0]):
             return None
         address = parts[3] if len(parts) >= 4 else None
         return int(parts[0]), address
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 10
 
 
 def _int_attr(value: str | None) -> int | None:
@@ -240,7 +260,7 @@ def _int_attr(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -284,16 +304,17 @@ class SessionDescription:
         media: Media | None = None
         attributes = sdp.attributes
         for line in lines[1:]:
-            if not line:
-                continue
-            kind = line[0]
             if line[1:2] != "=":
+                if not line:
+                    continue
                 raise SdpError(f"malformed line {line[:40]!r}")
-            value = line[2:]
+            kind = line[0]
             if kind == "a":
-                name, colon, rest = value.partition(":")
-                attributes.append((name, rest if colon else None))
-            elif kind == "m":
+                name, colon, rest = line.partition(":")
+                attributes.append((name[2:], rest if colon else None))
+                continue
+            value = line[2:]
+            if kind == "m":
                 media = _parse_media(value)
                 sdp.media.append(media)
                 attributes = media.attributes
@@ -375,9 +396,9 @@ def _parse_media(value: str) -> Media:
     if len(parts) < 3 or "" in parts:
         raise SdpError(f"bad m= line {value[:60]!r}")
     port_text, _, count = parts[1].partition("/")
-    if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
+    if not _digits(port_text) or int(port_text) > 65535:
         raise SdpError(f"bad port in m= line {value[:60]!r}")
-    if count and not (count.isdigit() and count.isascii()):
+    if count and not _digits(count):
         raise SdpError(f"bad port count in m= line {value[:60]!r}")
     media = Media.__new__(Media)
     media.kind = parts[0]
@@ -394,14 +415,15 @@ def _parse_media(value: str) -> Media:
 
 def _parse_connection(value: str) -> Connection:
     parts = value.split(" ")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or "" in parts:
         raise SdpError(f"bad c= line {value[:60]!r}")
     return Connection(parts[2], parts[1], parts[0])
 
 
 def _parse_origin(value: str) -> Origin:
     parts = value.split(" ")
-    if len(parts) != 6 or not all(parts) or not parts[2].isdigit() or not parts[2].isascii():
+    version = parts[2] if len(parts) == 6 else ""
+    if "" in parts or not version.isdigit() or not version.isascii() or len(version) > 20:
         raise SdpError(f"bad o= line {value[:60]!r}")
     return Origin(parts[0], parts[1], int(parts[2]), parts[5], parts[4], parts[3])
 

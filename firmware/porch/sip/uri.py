@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import quote, unquote
 
-from porch.sip.errors import RemoteProtocolError
+from porch.sip.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "AbsoluteUri",
@@ -45,6 +45,15 @@ _SIP_RE = re.compile(
     r"(?P<params>;[^?]*)?"
     r"(?:\?(?P<headers>.*))?",
     re.S,
+)
+
+# The common case in one go: no %-escapes, no IPv6 reference, no headers.
+_PCHARS = rf"[{_UNRESERVED}\[\]/:&+$]+"
+_SIP_FAST_RE = re.compile(
+    rf"(?:([{_UNRESERVED}&=+$,;?/]+)(?::([{_UNRESERVED}&=+$,]*))?@)?"
+    r"([A-Za-z0-9](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_\-.])?)"
+    r"(?::([0-9]{1,5}))?"
+    rf"((?:;{_PCHARS}(?:={_PCHARS})?)*)"
 )
 
 # Safe sets for escaping when building: what each component may carry literally.
@@ -111,6 +120,8 @@ class SipUri(Uri):
         params: dict[str, str | None] | None = None,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
+        if password is not None and user is None:
+            raise LocalProtocolError("a SIP URI password needs a user")
         self.scheme = scheme.lower()
         self.user = user
         self.password = password
@@ -177,6 +188,25 @@ class SipUri(Uri):
         scheme = text[:colon].lower()
         if colon < 0 or scheme not in ("sip", "sips"):
             raise _bad("SIP URI", text)
+        m = _SIP_FAST_RE.fullmatch(text, colon + 1)
+        if m is not None:
+            # No escapes, IPv6 or headers: every part is already checked by the regex.
+            uri = cls.__new__(cls)
+            uri.scheme = scheme
+            uri._text = text
+            uri.user, uri.password, uri.host, port, params = m.groups()
+            uri.port = None if port is None else int(port)
+            if uri.port is not None and uri.port > 65535:
+                raise _bad("port", text)
+            uri.headers = []
+            if params:
+                uri.params = {}
+                for item in params[1:].split(";"):
+                    name, eq, value = item.partition("=")
+                    uri.params[name.lower()] = value if eq else None
+            else:
+                uri.params = {}
+            return uri
         m = _SIP_RE.fullmatch(text, colon + 1)
         if m is None:
             raise _bad("SIP URI", text)
@@ -209,10 +239,9 @@ class SipUri(Uri):
         else:
             raise _bad("host", text)
         if port is not None:
-            value = int(port)
-            if value > 65535 or len(port) > 5:
+            if len(port) > 5 or int(port) > 65535:
                 raise _bad("port", text)
-            uri.port = value
+            uri.port = int(port)
         else:
             uri.port = None
         uri.params = _parse_uri_params(params, text) if params else {}
