@@ -527,8 +527,8 @@ def _str(default: str, check: Callable[[str], str | None] | None = None, **meta:
     return _key(STR, default, check=check, **meta)
 
 
-def _enum(default: str, choices: tuple[str, ...]) -> Any:
-    return _key(STR, default, choices=choices)
+def _enum(default: str, choices: tuple[str, ...], **meta: Any) -> Any:
+    return _key(STR, default, choices=choices, **meta)
 
 
 def _int(default: int, lo: int, hi: int, **meta: Any) -> Any:
@@ -614,7 +614,9 @@ class CallConfig:
     strategy: str = _enum("sequential", ("sequential", "parallel"))
     ring_timeout: int = _int(30, 5, 300)
     max_duration: int = _int(180, 10, 86400)
-    auto_answer: str = _enum("allowlist", ("all", "allowlist", "off"))
+    # Simulation answers every direct call (SPEC 2: `make run` takes peer-to-peer calls);
+    # a real door answers only the allow-list and its registrar's domain.
+    auto_answer: str = _enum("allowlist", ("all", "allowlist", "off"), sim_default="all")
     allow: tuple[str, ...] = _strlist(check_allow_pattern)
     button_hangup: bool = _bool(False)
 

@@ -428,8 +428,9 @@ def test_changed_sections() -> None:
     # an explicit pin equal to the profile's changes nothing on the hardware
     assert changed_sections(base, validate({"gpio": {"relay": 27}})) == set()
     assert changed_sections(base, validate({"gpio": {"relay": 6}})) == {"gpio"}
-    # sim and device defaults differ in exactly the listen addresses
-    assert changed_sections(base, validate({}, sim=True)) == {"sip", "web"}
+    # sim and device defaults differ in the listen addresses and in answering direct calls
+    assert changed_sections(base, validate({}, sim=True)) == {"call", "sip", "web"}
+    assert validate({}, sim=True).call.auto_answer == "all"
 
 
 def test_sections_are_frozen() -> None:
