@@ -13,6 +13,7 @@ MODULES = [
     "porch.bench.startup",
     "porch.bench.sip",
     "porch.bench.media",
+    "porch.bench.ua",
 ]
 
 
