@@ -132,3 +132,16 @@ def start_porch(
             time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"porch did not answer within {wait} s:\n{porch.log()}")
+
+
+def high_periods(states) -> list[float]:
+    """Durations of each high period in a pin history of (seconds since last change, level)."""
+    periods, t, since = [], 0.0, None
+    for delta, state in states:
+        t += delta
+        if state and since is None:
+            since = t
+        elif not state and since is not None:
+            periods.append(t - since)
+            since = None
+    return periods

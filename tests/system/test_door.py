@@ -3,20 +3,9 @@
 import time
 
 import pytest
+from porch_harness import high_periods
 
 from porch.drivers.gpio import RELAY_CAP_MARGIN
-
-
-def high_periods(states: list[list]) -> list[float]:
-    periods, t, since = [], 0.0, None
-    for delta, state in states:
-        t += delta
-        if state and since is None:
-            since = t
-        elif not state and since is not None:
-            periods.append(t - since)
-            since = None
-    return periods
 
 
 @pytest.mark.porch_config({"door": {"unlock_seconds": 1.0, "cards": ["04A1B2C3"]}})

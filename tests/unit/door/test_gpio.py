@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from porch_harness import high_periods
 
 from porch.drivers.gpio import RELAY_CAP_MARGIN, DoorIO, Pins
 
@@ -18,19 +19,6 @@ PINS = Pins(
     tamper=5,
     button_hold_seconds=0.5,
 )
-
-
-def high_periods(pin) -> list[float]:
-    """Durations of each high period in a MockPin's history."""
-    periods, t, since = [], 0.0, None
-    for delta, state in pin.states:
-        t += delta
-        if state and since is None:
-            since = t
-        elif not state and since is not None:
-            periods.append(t - since)
-            since = None
-    return periods
 
 
 def run(coro):
@@ -57,7 +45,7 @@ def test_relay_starts_off_and_pulses_for_the_given_time():
         assert door.relay.active
         await asyncio.sleep(0.7)
         assert not door.relay.active
-        periods = high_periods(relay_pin)
+        periods = high_periods(relay_pin.states)
         door.close()
         return periods
 
@@ -79,7 +67,7 @@ def test_second_pulse_extends_but_never_beyond_the_cap():
         await asyncio.sleep(0.3)
         door.pulse_relay(0.4)  # would end at 1.2: capped at 0.9
         await asyncio.sleep(0.6)
-        periods = high_periods(door.sim_pin("relay"))
+        periods = high_periods(door.sim_pin("relay").states)
         door.close()
         return periods, relay_events
 
@@ -96,7 +84,7 @@ def test_hard_cap_holds_even_when_the_loop_is_stuck():
         door.pulse_relay(0.2)
         time.sleep(1.2)  # the loop cannot run its own off timer now
         still_on = door.relay.active
-        periods = high_periods(door.sim_pin("relay"))
+        periods = high_periods(door.sim_pin("relay").states)
         door.close()
         return still_on, periods
 
