@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import pytest
 from peers import Kamailio, PeerSet, sip_options
-from peers_fixtures import module_kamailio, module_peer_set, peer_set  # noqa: F401
+from peers_fixtures import (  # noqa: F401
+    fixture_module_kamailio,
+    fixture_module_peer_set,
+    fixture_peer_set,
+)
 
 pytestmark = pytest.mark.interop
 
