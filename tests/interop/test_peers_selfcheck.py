@@ -91,3 +91,69 @@ def test_sipp_info_call_reaches_baresip_through_kamailio(
     callee.wait_event("CALL_DTMF_START", timeout=5, since=since, param="1")
     callee.wait_event("CALL_DTMF_START", timeout=5, since=since, param="#")
     callee.wait_event("CALL_CLOSED", timeout=5, since=since)
+
+
+def test_linphone_sends_sip_info_dtmf_to_baresip(module_kamailio: Kamailio, peer_set: PeerSet):
+    kam = module_kamailio
+    callee = peer_set.baresip(role="callee", user="door2", registrar=kam)
+    phone = peer_set.linphone(use_info=True, use_rfc2833=False)
+    phone.register("1002", registrar=kam)
+    kam.wait_registered("1002", timeout=5, contains=f":{phone.sip_port}")
+    since = callee.mark()
+    phone.dial(f"sip:door2@127.0.0.1:{kam.port('udp')}")
+    callee.wait_event("CALL_ESTABLISHED", timeout=10, since=since)
+    phone.wait_connected()
+    phone.send_dtmf("7")
+    callee.wait_event("CALL_DTMF_START", timeout=5, since=since, param="7")
+    phone.hangup()
+    callee.wait_event("CALL_CLOSED", timeout=5, since=since)
+
+
+# SIPp scenario against SIPp scenario: each file of tests/interop/peers/sipp loads and the
+# pairs agree on the message flow (what porch's tests will rely on).
+PAIRS = [
+    (
+        "uas_answer",
+        {"ring_ms": 200},
+        "uac_invite_info_dtmf",
+        {"digits": "12"},
+        ["INFO digit=1 status=200", "INFO digit=2 status=200"],
+    ),
+    ("uas_answer", {}, "uac_invite_info_unlock", {}, ["INFO unlock status=200"]),
+    ("uas_answer", {}, "uac_reinvite_hold", {}, ["HOLD answer=recvonly", "RESUME answer=sendrecv"]),
+    (
+        "uas_answer",
+        {},
+        "uac_update_hold",
+        {"hold_dir": "inactive"},
+        ["HOLD answer=inactive", "RESUME answer=sendrecv"],
+    ),
+    (
+        "uas_session_timer",
+        {"refresher": "uac"},
+        "uac_session_timer",
+        {},
+        ["REFRESH UPDATE session-expires= 90;refresher=uac"],
+    ),
+    ("uas_100rel", {}, "uac_100rel", {}, ["RELIABLE 180 rseq=1"]),
+    ("uas_ring_cancel", {}, "uac_invite_cancel", {"cancel_ms": 200}, ["OUTCOME cancelled"]),
+    ("uas_cancel_race", {}, "uac_invite_cancel", {}, ["OUTCOME answered-after-cancel"]),
+    ("uas_reject", {"code": 486}, "uac_invite_expect_reject", {}, ["REJECTED status=486"]),
+    ("uas_hold_reinvite", {}, "uac_call_wait_bye", {}, ["BYE received"]),
+    ("uas_options", {}, "uac_options_check", {}, ["OPTIONS allow= INVITE"]),
+]
+
+
+@pytest.mark.parametrize(
+    "uas,uas_vars,uac,uac_vars,expected", PAIRS, ids=[f"{p[2]}-{p[0]}" for p in PAIRS]
+)
+def test_sipp_scenario_pairs(peer_set: PeerSet, uas, uas_vars, uac, uac_vars, expected):
+    server = peer_set.sipp.start(uas, variables=uas_vars, duration_ms=200, timeout=15)
+    client = peer_set.sipp.run(
+        uac, server.address, service="door", variables=uac_vars, duration_ms=200, timeout=15
+    )
+    server_result = server.wait(15)
+    assert client.ok, client.report()
+    assert server_result.ok, server_result.report()
+    for line in expected:
+        assert any(x.startswith(line) for x in client.log.splitlines()), client.report()
