@@ -611,8 +611,10 @@ class Kamailio(_Process):
             if self.tls:
                 ports.append((self.tls_port, ("tcp",)))
             wait_ports_free(ports, timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ctl_socket)
+        if self._sockdir:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+            self.ctl_socket = ""
 
     def restart(self, pause: float = 0.0) -> Kamailio:
         """Stop, optionally stay down for `pause` seconds, start again on the same ports.
@@ -623,10 +625,7 @@ class Kamailio(_Process):
         time.sleep(pause)
         return self.start()
 
-    def close(self) -> None:
-        self.stop()
-        if self._sockdir:
-            shutil.rmtree(self._sockdir, ignore_errors=True)
+    close = stop
 
     # -- RPC
     def kamcmd(self, *args: str, timeout: float = 5.0) -> str:
