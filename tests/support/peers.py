@@ -183,8 +183,12 @@ class _Process:
         return self.proc is not None and self.proc.poll() is None
 
     def _kill_group(self, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+        """Signal our own process group (the session started for this peer), then reap it.
+
+        Done once per process: after that the group id could in theory be reused.
+        """
         proc = self.proc
-        if proc is None:
+        if proc is None or getattr(self, "_reaped", None) is proc:
             return
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -198,6 +202,7 @@ class _Process:
         # children left behind in the group (e.g. Kamailio workers) go too
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        self._reaped = proc
 
     def log_text(self) -> str:
         return (
@@ -1719,7 +1724,9 @@ class PeerSet:
         return peer
 
     def kamailio(self, **kwargs) -> Kamailio:
-        kwargs.setdefault("pki", self.pki)
+        """Start a Kamailio (arguments as for `Kamailio`); TLS uses this set's test PKI."""
+        if kwargs.get("tls", True):
+            kwargs.setdefault("pki", self.pki)
         return self.add(Kamailio(self.tmp, **kwargs)).start()
 
     @property
