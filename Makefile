@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # real peers and tools the test suite drives.
 APT_RUN  := libasound2-dev libsystemd-dev pkg-config python3-venv python3-dev gcc
 APT_TEST := sip-tester kamailio baresip-core linphone-cli tshark nftables iproute2 \
-            chromium espeak-ng sox alsa-utils coturn
+            chromium espeak-ng sox alsa-utils coturn kamailio-tls-modules openssl
 
 .PHONY: run test bench lint image deps-run deps-test clean
 
