@@ -30,7 +30,7 @@ $(VENV)/.run-stamp: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-$(VENV)/.test-stamp: $(VENV)/.run-stamp pyproject.toml
+$(VENV)/.test-stamp: $(VENV)/.run-stamp pyproject.toml Makefile
 	$(call apt_install,$(APT_RUN) $(APT_TEST))
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
