@@ -26,9 +26,10 @@ from porch.drivers.gpio import DoorIO, Pins
 from porch.drivers.reader import SerialReader
 from porch.drivers.reader_protocol import Card, Garbage, Key, ReaderEvent
 from porch.events import EventLog
-from porch.intercom import DoorPolicy, Intercom, OfflineCallPlan
+from porch.intercom import DoorPolicy, Intercom
 from porch.provisioning.server import WebServer
 from porch.service import Notifier, setup_logging
+from porch.sip.ua import UserAgent
 
 log = logging.getLogger("porch")
 
@@ -88,7 +89,7 @@ class App:
         )
         self.notifier = Notifier()
         self.door: DoorIO | None = None
-        self.plan: OfflineCallPlan | None = None
+        self.plan: UserAgent | None = None
         self.reader: SerialReader | None = None
         self.components: dict[str, str] = {}
         self.web = WebServer(self, state_dir)
@@ -149,7 +150,13 @@ class App:
         self.intercom.attach(self.door, self.plan)
 
     async def _start_plan(self) -> None:
-        self.plan = OfflineCallPlan(self.intercom)
+        self.plan = UserAgent(
+            self.cfg,
+            self.intercom,
+            state_dir=self.state_dir,
+            sim=self.sim,
+            get_config=lambda: self.cfg,
+        )
         self.intercom.attach(self.door, self.plan)
         await self.plan.start()
 

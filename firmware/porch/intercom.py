@@ -7,7 +7,6 @@ policy here does not know how a call is placed, only what happened to it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -296,43 +295,3 @@ class Intercom:
         else:
             call_led = "off"
         self.door.set_led("led_call", call_led)
-
-
-class OfflineCallPlan:
-    """The call plan of a build without the SIP user agent: every call fails, visibly.
-
-    It keeps the intercom honest until the SIP user agent implements `CallPlan`:
-    a press goes to `calling`, each target is reported as not dialled, and the
-    call ends. Nothing pretends that a phone rang.
-    """
-
-    def __init__(self, intercom: Intercom) -> None:
-        self.intercom = intercom
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.intercom.registration_changed("disabled", "no SIP user agent in this build")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    def place_call(self, targets: list[str], strategy: str, ring_timeout: float) -> None:
-        self.intercom.call_state("calling")
-        self._task = asyncio.get_running_loop().create_task(self._fail(targets))
-
-    async def _fail(self, targets: list[str]) -> None:
-        await asyncio.sleep(0)
-        for target in targets:
-            self.intercom.events.append(
-                "call_target_failed", target=target, reason="SIP user agent not available"
-            )
-        self.intercom.call_state("idle", reason="no SIP user agent")
-
-    def hang_up(self, reason: str) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.intercom.call_state("idle", reason=reason)
-
-    def feedback(self, kind: Literal["confirm", "error"]) -> None:
-        log.debug("feedback tone %s: no media path in this build", kind)

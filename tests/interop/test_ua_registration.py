@@ -1,0 +1,136 @@
+"""porch registers to a real PBX (Kamailio with digest auth) over UDP, TCP and TLS.
+
+The firmware runs as a process (`porch run --sim`); Kamailio grants at most 10 s, so porch
+refreshes every 5 s and outages show up quickly. One Kamailio serves the whole module.
+"""
+
+from __future__ import annotations
+
+import pytest
+from peers import Kamailio, PeerSet, free_port, wait_until
+from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
+from porch_harness import Porch, start_porch
+
+pytestmark = pytest.mark.interop
+
+USERS = {"udp": "door", "tcp": "door2", "tls": "1003"}
+
+
+@pytest.fixture(scope="module")
+def kam(module_peer_set: PeerSet) -> Kamailio:
+    return module_peer_set.kamailio(max_expires=10)
+
+
+def sip_section(kam: Kamailio, transport: str, user: str, **extra) -> dict:
+    section = {
+        "registrar": kam.uri(transport),
+        "username": user,
+        "password": Kamailio.USERS[user],
+        "transport": transport,
+        "listen": f"127.0.0.1:{free_port(('udp', 'tcp'))}",
+    }
+    if transport == "tls":
+        section["tls_ca"] = str(kam.ca_file)
+    section.update(extra)
+    return section
+
+
+def status(porch: Porch) -> dict:
+    return porch.request("GET", "/api/status")[1]
+
+
+def wait_registration(porch: Porch, state: str, timeout: float = 10.0) -> dict:
+    found = wait_until(lambda: (s := status(porch))["registration"] == state and s, timeout)
+    assert found, f"registration never became {state!r}: {status(porch)}\n{porch.log()}"
+    return found
+
+
+@pytest.fixture
+def run_porch(tmp_path):
+    started: list[Porch] = []
+
+    def run(sections: dict) -> Porch:
+        folder = tmp_path / f"porch{len(started)}"
+        folder.mkdir()
+        porch = start_porch(folder, sections)
+        started.append(porch)
+        porch.setup()
+        return porch
+
+    yield run
+    for porch in started:
+        if porch.proc.poll() is None:
+            porch.proc.kill()
+            porch.proc.wait()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_registers_refreshes_and_deregisters(kam: Kamailio, run_porch, transport):
+    user = USERS[transport]
+    porch = run_porch({"sip": sip_section(kam, transport, user)})
+    s = wait_registration(porch, "registered")
+    assert kam.uri(transport) in s["registration_reason"]
+    contact = kam.wait_registered(user, timeout=5, transport=transport)
+    assert "porch/" in contact["User-Agent"]
+    first_cseq = int(contact["CSeq"])
+    # Kamailio grants 10 s: a refresh (same Call-ID, higher CSeq) comes within ~5 s.
+    refreshed = wait_until(lambda: any(int(c["CSeq"]) > first_cseq for c in kam.contacts(user)), 10)
+    assert refreshed, kam.contacts(user)
+    assert kam.contacts(user)[0]["Call-ID"] == contact["Call-ID"]
+    outputs = porch.request("GET", "/api/sim/outputs")[1]
+    assert outputs["led_ready_mode"] == "on"
+    code, _ = porch.stop()  # SIGTERM: de-register, exit 0 within 3 s (asserted by stop())
+    assert code == 0
+    kam.wait_unregistered(user, timeout=2)
+
+
+def test_wrong_password_is_reported(kam: Kamailio, run_porch):
+    section = sip_section(kam, "udp", "door")
+    section["password"] = "not-the-password"
+    porch = run_porch({"sip": section})
+    s = wait_registration(porch, "failed")
+    assert "wrong username or password" in s["registration_reason"]
+    assert porch.request("GET", "/api/sim/outputs")[1]["led_ready_mode"] == "fast"
+    events = porch.request("GET", "/api/events?since=0")[1]["events"]
+    assert any(e["type"] == "registration" and e["state"] == "failed" for e in events)
+    assert not kam.registered("door")
+    assert porch.stop()[0] == 0
+
+
+def test_reregisters_after_kamailio_outage(kam: Kamailio, run_porch):
+    porch = run_porch({"sip": sip_section(kam, "udp", "door", keepalive_seconds=5)})
+    wait_registration(porch, "registered")
+    kam.wait_registered("door", timeout=5)
+    kam.stop()
+    try:
+        # The binding lapses (10 s) or the keepalive fails: porch no longer claims it.
+        left = wait_until(lambda: status(porch)["registration"] != "registered", 20)
+        assert left, status(porch)
+        assert porch.request("GET", "/api/sim/outputs")[1]["led_ready_mode"] in ("blink", "fast")
+    finally:
+        kam.start()
+    # Kamailio forgot everything (location in memory): porch must register again.
+    wait_registration(porch, "registered", timeout=20)
+    kam.wait_registered("door", timeout=5)
+    assert porch.stop()[0] == 0
+
+
+def test_fails_over_to_backup_registrar(kam: Kamailio, peer_set: PeerSet, run_porch):
+    backup = peer_set.kamailio(backup=True, tls=False, max_expires=10)
+    section = sip_section(kam, "tcp", "door2", backup_registrar=backup.uri("tcp"))
+    porch = run_porch({"sip": section})
+    wait_registration(porch, "registered")
+    kam.wait_registered("door2", timeout=5, transport="tcp")
+    kam.stop()
+    try:
+        try:
+            contact = backup.wait_registered("door2", timeout=30, transport="tcp")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{backup.kamcmd('ul.dump')}\n{porch.log()}") from None
+        assert "porch/" in contact["User-Agent"]
+        s = wait_registration(porch, "registered")
+        assert "(backup)" in s["registration_reason"], s
+    finally:
+        kam.start()
+    assert porch.stop()[0] == 0
+    backup.wait_unregistered("door2", timeout=2)
