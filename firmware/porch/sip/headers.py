@@ -203,6 +203,7 @@ def parse_params(text: str, pos: int = 0) -> dict[str, str | None]:
 
 
 _PARAMS_FAST_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)+")
+_TOKEN_SET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
 def _parse_params_slow(text: str) -> dict[str, str | None]:
@@ -556,6 +557,22 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
+        number, space, method = text.partition(" ")
+        if (
+            space
+            and number.isdigit()
+            and number.isascii()
+            and len(number) <= 10
+            and method
+            and _TOKEN_SET.issuperset(method)
+        ):
+            value = int(number)
+            if value > 2**32 - 1:
+                raise RemoteProtocolError(400, "CSeq number too large")
+            cseq = cls.__new__(cls)
+            cseq.number = value
+            cseq.method = method
+            return cseq
         m = _CSEQ_RE.fullmatch(text)
         if m is None:
             raise RemoteProtocolError(400, f"bad CSeq: {text[:60]!r}")
@@ -606,6 +623,15 @@ class MediaType:
 
     @classmethod
     def parse(cls, text: str) -> MediaType:
+        type_, slash, subtype = text.partition("/")
+        if slash and _TOKEN_SET.issuperset(type_) and _TOKEN_SET.issuperset(subtype) and type_:
+            if subtype:  # 'application/sdp': nothing else to read
+                media = cls.__new__(cls)
+                media.type = type_.lower()
+                media.subtype = subtype.lower()
+                media.mime = f"{media.type}/{media.subtype}"
+                media.params = {}
+                return media
         m = _MEDIA_RE.match(text)
         if m is None:
             raise RemoteProtocolError(400, f"bad media type: {text[:60]!r}")

@@ -9,7 +9,7 @@ SdpNegotiationError, which carries status 488 for the user agent to send.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from porch.sip.errors import LocalProtocolError, RemoteProtocolError
@@ -129,6 +129,9 @@ class Origin:
         )
 
 
+_new_codec = tuple.__new__  # Codec(...) minus the keyword handling, for the hot loop
+
+
 class Codec(NamedTuple):
     """An RTP payload format as negotiated: the payload type and what it carries."""
 
@@ -147,63 +150,189 @@ class Codec(NamedTuple):
         return self.name.upper() == name.upper() and self.rate == rate
 
 
-@dataclass(slots=True)
-class Media:
-    """One m= section: the media line, its c=/b= lines and attributes, in order."""
+_MISSING = object()
+_DIRECTION_SET = frozenset(DIRECTIONS)
 
-    kind: str
-    port: int
-    proto: str
-    formats: list[str]
-    port_count: int | None = None
-    connection: Connection | None = None
-    bandwidths: list[str] = field(default_factory=list)
-    attributes: list[tuple[str, str | None]] = field(default_factory=list)
-    other: list[tuple[str, str]] = field(default_factory=list)  # i= and k= lines
+
+def _split_attribute(raw: str) -> tuple[str, str | None]:
+    name, colon, value = raw.partition(":")
+    return name, (value if colon else None)
+
+
+class _Attributes:
+    """a= lines, kept as raw 'name:value' text until someone asks for (name, value) pairs.
+
+    Parsing an SDP body then costs one split per section; the pairs are built on first use
+    of `attributes` (which may then be changed freely), and the lookups the negotiation needs
+    (rtpmap, fmtp, direction, ptime, rtcp) read either form.
+    """
+
+    __slots__ = ("_pairs", "_raw")
+
+    _raw: list[str] | None
+    _pairs: list[tuple[str, str | None]] | None
+
+    @property
+    def attributes(self) -> list[tuple[str, str | None]]:
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = [_split_attribute(r) for r in self._raw or ()]
+            self._raw = None
+        return pairs
+
+    @attributes.setter
+    def attributes(self, value: list[tuple[str, str | None]]) -> None:
+        self._pairs = value
+        self._raw = None
+
+    def _attribute_items(self) -> list[tuple[str, str | None]]:
+        return self.attributes if self._raw is None else [_split_attribute(r) for r in self._raw]
 
     def attribute(self, name: str) -> str | None:
         """The value of the first a=name attribute ('' for a flag), None if absent."""
+        raw = self._raw
+        if raw is not None:
+            prefix = name + ":"
+            for line in raw:
+                if line == name:
+                    return ""
+                if line.startswith(prefix):
+                    return line[len(prefix) :]
+            return None
         for key, value in self.attributes:
             if key == name:
                 return "" if value is None else value
         return None
 
     def attribute_values(self, name: str) -> list[str]:
-        return [value or "" for key, value in self.attributes if key == name]
+        return [value or "" for key, value in self._attribute_items() if key == name]
+
+    @property
+    def direction(self) -> str | None:
+        """The direction attribute of this section, None if it has none."""
+        found = None
+        if self._raw is not None:
+            for line in self._raw:
+                if line in _DIRECTION_SET:
+                    found = line
+            return found
+        for key, _ in self.attributes:
+            if key in _DIRECTION_SET:
+                found = key
+        return found
+
+    def _attribute_lines(self) -> list[str]:
+        if self._raw is not None:
+            return ["a=" + r for r in self._raw]
+        return [f"a={k}" if v is None else f"a={k}:{v}" for k, v in self.attributes]
+
+
+class Media(_Attributes):
+    """One m= section: the media line, its c=/b= lines and attributes, in order."""
+
+    __slots__ = (
+        "bandwidths",
+        "connection",
+        "formats",
+        "kind",
+        "other",
+        "port",
+        "port_count",
+        "proto",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        port: int,
+        proto: str,
+        formats: list[str],
+        port_count: int | None = None,
+        connection: Connection | None = None,
+        bandwidths: list[str] | None = None,
+        attributes: list[tuple[str, str | None]] | None = None,
+        other: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.port = port
+        self.proto = proto
+        self.formats = formats
+        self.port_count = port_count
+        self.connection = connection
+        self.bandwidths = bandwidths if bandwidths is not None else []
+        self._pairs = attributes if attributes is not None else []
+        self._raw = None
+        self.other = other if other is not None else []  # i= and k= lines
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Media):
+            return NotImplemented
+        return (
+            self.kind == other.kind
+            and self.port == other.port
+            and self.proto == other.proto
+            and self.formats == other.formats
+            and self.port_count == other.port_count
+            and self.connection == other.connection
+            and self.bandwidths == other.bandwidths
+            and self._attribute_items() == other._attribute_items()
+            and self.other == other.other
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Media({self.kind!r}, {self.port}, {self.proto!r}, {self.formats!r})"
 
     @property
     def rtpmaps(self) -> dict[str, tuple[str, int, int]]:
         """Payload type -> (encoding name, clock rate, channels) from a=rtpmap lines."""
-        maps: dict[str, tuple[str, int, int]] = {}
-        for key, value in self.attributes:
-            if key == "rtpmap" and value:
-                pt, _, spec = value.partition(" ")
-                parts = spec.strip().split("/")
-                if len(parts) >= 2 and _digits(parts[1]):
-                    channels = int(parts[2]) if len(parts) > 2 and _digits(parts[2]) else 1
-                    maps[pt] = (parts[0], int(parts[1]), channels)
-        return maps
+        return {str(c.pt): (c.name, c.rate, c.channels) for c in self._read_rtpmaps()}
 
     @property
     def fmtps(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for key, value in self.attributes:
+        for key, value in self._attribute_items():
             if key == "fmtp" and value:
                 pt, _, params = value.partition(" ")
                 out[pt] = params.strip()
+        return out
+
+    def _read_rtpmaps(self) -> list[Codec]:
+        out = []
+        for key, value in self._attribute_items():
+            if key == "rtpmap" and value:
+                pt, _, spec = value.partition(" ")
+                parts = spec.strip().split("/")
+                try:
+                    channels = int(parts[2]) if len(parts) > 2 else 1
+                    out.append(Codec(parts[0], int(parts[1]), int(pt), channels))
+                except (ValueError, IndexError):
+                    continue
         return out
 
     def codecs(self) -> list[Codec]:
         """The offered payload formats in order (static types filled in), unknown ones left out."""
         maps: dict[str, str] = {}
         fmtps: dict[str, str] = {}
-        for key, value in self.attributes:
-            if key == "rtpmap" and value:
-                pt, _, spec = value.partition(" ")
-                maps[pt] = spec
-            elif key == "fmtp" and value:
-                pt, _, params = value.partition(" ")
-                fmtps[pt] = params.strip()
+        raw = self._raw
+        if raw is not None:
+            for line in raw:
+                first = line[:1]
+                if first == "r" and line.startswith("rtpmap:"):
+                    pt, _, spec = line[7:].partition(" ")
+                    maps[pt] = spec
+                elif first == "f" and line.startswith("fmtp:"):
+                    pt, _, params = line[5:].partition(" ")
+                    fmtps[pt] = params.strip()
+        else:
+            for key, value in self.attributes:
+                if key == "rtpmap" and value:
+                    pt, _, spec = value.partition(" ")
+                    maps[pt] = spec
+                elif key == "fmtp" and value:
+                    pt, _, params = value.partition(" ")
+                    fmtps[pt] = params.strip()
         out = []
         for pt in self.formats:
             if not pt.isdigit():
@@ -213,22 +342,16 @@ class Media:
                 if spec is not None:
                     parts = spec.strip().split("/")
                     channels = int(parts[2]) if len(parts) > 2 else 1
-                    out.append(Codec(parts[0], int(parts[1]), int(pt), channels, fmtps.get(pt)))
+                    codec = (parts[0], int(parts[1]), int(pt), channels, fmtps.get(pt))
                 elif pt in STATIC_PAYLOADS:
                     name, rate, channels = STATIC_PAYLOADS[pt]
-                    out.append(Codec(name, rate, int(pt), channels, fmtps.get(pt)))
+                    codec = (name, rate, int(pt), channels, fmtps.get(pt))
+                else:
+                    continue
+                out.append(_new_codec(Codec, codec))
             except (ValueError, IndexError):
                 continue  # a format we cannot read is one we do not use
         return out
-
-    @property
-    def direction(self) -> str | None:
-        """The direction attribute of this section, None if it has none."""
-        found = None
-        for key, _ in self.attributes:
-            if key in DIRECTIONS:
-                found = key
-        return found
 
     @property
     def ptime(self) -> int | None:
@@ -250,6 +373,17 @@ class Media:
         address = parts[3] if len(parts) >= 4 else None
         return int(parts[0]), address
 
+    def _lines(self) -> list[str]:
+        port = f"{self.port}/{self.port_count}" if self.port_count is not None else str(self.port)
+        out = [f"m={self.kind} {port} {self.proto} {' '.join(self.formats)}".rstrip()]
+        out += [f"{k}={v}" for k, v in self.other if k == "i"]
+        if self.connection is not None:
+            out.append(f"c={self.connection}")
+        out += [f"b={b}" for b in self.bandwidths]
+        out += [f"{k}={v}" for k, v in self.other if k == "k"]
+        out += self._attribute_lines()
+        return out
+
 
 def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) < 10
@@ -264,85 +398,106 @@ def _int_attr(value: str | None) -> int | None:
         return None
 
 
-@dataclass(slots=True)
-class SessionDescription:
-    """A whole SDP body. `other` keeps session-level lines we do not model (i u e p r z k)."""
+class SessionDescription(_Attributes):
+    """A whole SDP body. `other` keeps session-level lines we do not model (i u e p r z k).
 
-    origin: Origin
-    name: str = "-"
-    connection: Connection | None = None
-    times: list[str] = field(default_factory=lambda: ["0 0"])
-    bandwidths: list[str] = field(default_factory=list)
-    attributes: list[tuple[str, str | None]] = field(default_factory=list)
-    media: list[Media] = field(default_factory=list)
-    other: list[tuple[str, str]] = field(default_factory=list)
-    version: int = 0
+    `origin` is parsed when first read, so a body whose o= line is odd can still be answered.
+    """
+
+    __slots__ = (
+        "_origin",
+        "bandwidths",
+        "connection",
+        "media",
+        "name",
+        "other",
+        "times",
+        "version",
+    )
+
+    def __init__(
+        self,
+        origin: Origin,
+        name: str = "-",
+        connection: Connection | None = None,
+        times: list[str] | None = None,
+        bandwidths: list[str] | None = None,
+        attributes: list[tuple[str, str | None]] | None = None,
+        media: list[Media] | None = None,
+        other: list[tuple[str, str]] | None = None,
+        version: int = 0,
+    ) -> None:
+        self._origin: Origin | list[str] = origin
+        self.name = name
+        self.connection = connection
+        self.times = times if times is not None else ["0 0"]
+        self.bandwidths = bandwidths if bandwidths is not None else []
+        self._pairs = attributes if attributes is not None else []
+        self._raw = None
+        self.media = media if media is not None else []
+        self.other = other if other is not None else []
+        self.version = version
+
+    @property
+    def origin(self) -> Origin:
+        origin = self._origin
+        if isinstance(origin, list):  # checked by parse(), built on first use
+            origin = self._origin = Origin(
+                origin[0], origin[1], int(origin[2]), origin[5], origin[4], origin[3]
+            )
+        return origin
+
+    @origin.setter
+    def origin(self, value: Origin) -> None:
+        self._origin = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SessionDescription):
+            return NotImplemented
+        return str(self) == str(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SessionDescription({len(self.media)} media)"
 
     # -- reading ------------------------------------------------------------------------
     @classmethod
     def parse(cls, data: bytes | str) -> SessionDescription:
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-        lines = text.split("\r\n")
-        breaks = len(lines) - 1
+        breaks = text.count("\r\n")
         if text.count("\n") != breaks or text.count("\r") != breaks:
             # LF-only or mixed line ends are tolerated; a CR anywhere else is not.
-            lines = text.replace("\r\n", "\n").split("\n")
-            if any("\r" in line for line in lines):
+            text = text.replace("\r\n", "\n")
+            if "\r" in text:
                 raise SdpError("bare CR")
-        if not lines or lines[0] != "v=0":
+            text = text.replace("\n", "\r\n")
+        text = text.rstrip("\r\n")
+        if not text.startswith("v=0") or text[3:5] not in ("", "\r\n"):
             raise SdpError("first line must be v=0")
         sdp = cls.__new__(cls)
         sdp.version = 0
-        sdp.origin = None  # type: ignore[assignment]
+        sdp._origin = None  # type: ignore[assignment]
         sdp.name = "-"
         sdp.connection = None
         sdp.times = []
         sdp.bandwidths = []
-        sdp.attributes = []
         sdp.media = []
         sdp.other = []
-        media: Media | None = None
-        attributes = sdp.attributes
-        for line in lines[1:]:
-            if line[1:2] != "=":
-                if not line:
-                    continue
-                raise SdpError(f"malformed line {line[:40]!r}")
-            kind = line[0]
-            if kind == "a":
-                name, colon, rest = line.partition(":")
-                attributes.append((name[2:], rest if colon else None))
-                continue
-            value = line[2:]
-            if kind == "m":
-                media = _parse_media(value)
-                sdp.media.append(media)
-                attributes = media.attributes
-            elif kind == "c":
-                conn = _parse_connection(value)
-                if media is None:
-                    sdp.connection = conn
-                else:
-                    media.connection = conn
-            elif kind == "b":
-                (sdp.bandwidths if media is None else media.bandwidths).append(value)
-            elif media is not None:
-                if kind not in "ik":
-                    raise SdpError(f"{kind}= line inside a media section")
-                media.other.append((kind, value))
-            elif kind == "o":
-                sdp.origin = _parse_origin(value)
-            elif kind == "s":
-                sdp.name = value
-            elif kind == "t":
-                sdp.times.append(value)
-            elif kind in "iuepzrk":
-                sdp.other.append((kind, value))
-            elif kind == "v":
-                raise SdpError("second v= line")
-            else:
-                raise SdpError(f"unknown line type {kind!r}")
-        if sdp.origin is None:
+        sdp._pairs = None
+        sections = text.split("\r\nm=")
+        head, sdp._raw = _split_section(sections[0])
+        for line in head[1:]:
+            _session_line(sdp, line)
+        for section in sections[1:]:
+            lines, raw = _split_section(section)
+            media = _parse_media(lines[0])
+            media._raw = raw
+            media._pairs = None
+            for line in lines[1:]:
+                _media_line(media, line)
+            sdp.media.append(media)
+        if sdp._origin is None:
             raise SdpError("missing o= line")
         if not sdp.times:
             sdp.times = ["0 0"]
@@ -350,19 +505,16 @@ class SessionDescription:
 
     def direction_of(self, media: Media) -> str:
         """The effective direction of `media`: its own attribute, else the session's."""
-        direction = media.direction
-        if direction is None:
-            for key, _ in self.attributes:
-                if key in DIRECTIONS:
-                    direction = key
-        return direction or "sendrecv"
+        return media.direction or self.direction or "sendrecv"
 
     def connection_of(self, media: Media) -> Connection | None:
         return media.connection or self.connection
 
     # -- writing ------------------------------------------------------------------------
     def __str__(self) -> str:
-        out = ["v=0", f"o={self.origin}", f"s={self.name or '-'}"]
+        origin = self._origin
+        origin_text = " ".join(origin) if isinstance(origin, list) else str(origin)
+        out = ["v=0", f"o={origin_text}", f"s={self.name or '-'}"]
         other = self.other
         out += [f"{k}={v}" for k, v in other if k in "iuep"]
         if self.connection is not None:
@@ -371,16 +523,9 @@ class SessionDescription:
         for t in self.times or ["0 0"]:
             out.append(f"t={t}")
         out += [f"{k}={v}" for k, v in other if k in "rzk"]
-        out += [f"a={k}" if v is None else f"a={k}:{v}" for k, v in self.attributes]
+        out += self._attribute_lines()
         for m in self.media:
-            port = f"{m.port}/{m.port_count}" if m.port_count is not None else str(m.port)
-            out.append(f"m={m.kind} {port} {m.proto} {' '.join(m.formats)}".rstrip())
-            out += [f"{k}={v}" for k, v in m.other if k == "i"]
-            if m.connection is not None:
-                out.append(f"c={m.connection}")
-            out += [f"b={b}" for b in m.bandwidths]
-            out += [f"{k}={v}" for k, v in m.other if k == "k"]
-            out += [f"a={k}" if v is None else f"a={k}:{v}" for k, v in m.attributes]
+            out += m._lines()
         out.append("")
         return "\r\n".join(out)
 
@@ -389,6 +534,70 @@ class SessionDescription:
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
+
+
+def _split_section(text: str) -> tuple[list[str], list[str]]:
+    """A section's non-attribute lines and its a= lines (raw, without 'a=').
+
+    The usual layout puts every a= line last, and then one split finds them all; otherwise
+    the section is walked line by line.
+    """
+    pieces = text.split("\r\na=")
+    head = pieces[0]
+    if text.count("\r\n") == len(pieces) - 1 + head.count("\r\n"):
+        lines = head.split("\r\n")
+        if "" in lines:
+            raise SdpError("empty line")
+        del pieces[0]
+        return lines, pieces
+    lines = []
+    raw = []
+    for line in text.split("\r\n"):
+        if line[:2] == "a=":
+            raw.append(line[2:])
+        elif not line:
+            raise SdpError("empty line")
+        else:
+            lines.append(line)
+    return lines, raw
+
+
+def _session_line(sdp: SessionDescription, line: str) -> None:
+    if line[1:2] != "=":
+        raise SdpError(f"malformed line {line[:40]!r}")
+    kind = line[0]
+    value = line[2:]
+    if kind == "o":
+        sdp._origin = _origin_parts(value)
+    elif kind == "s":
+        sdp.name = value
+    elif kind == "c":
+        sdp.connection = _parse_connection(value)
+    elif kind == "t":
+        sdp.times.append(value)
+    elif kind == "b":
+        sdp.bandwidths.append(value)
+    elif kind in "iuepzrk":
+        sdp.other.append((kind, value))
+    elif kind == "v":
+        raise SdpError("second v= line")
+    else:
+        raise SdpError(f"unknown line type {kind!r}")
+
+
+def _media_line(media: Media, line: str) -> None:
+    if line[1:2] != "=":
+        raise SdpError(f"malformed line {line[:40]!r}")
+    kind = line[0]
+    value = line[2:]
+    if kind == "c":
+        media.connection = _parse_connection(value)
+    elif kind == "b":
+        media.bandwidths.append(value)
+    elif kind in "ik":
+        media.other.append((kind, value))
+    else:
+        raise SdpError(f"{kind}= line inside a media section")
 
 
 def _parse_media(value: str) -> Media:
@@ -408,7 +617,6 @@ def _parse_media(value: str) -> Media:
     media.formats = parts[3:]
     media.connection = None
     media.bandwidths = []
-    media.attributes = []
     media.other = []
     return media
 
@@ -420,12 +628,12 @@ def _parse_connection(value: str) -> Connection:
     return Connection(parts[2], parts[1], parts[0])
 
 
-def _parse_origin(value: str) -> Origin:
+def _origin_parts(value: str) -> list[str]:
     parts = value.split(" ")
     version = parts[2] if len(parts) == 6 else ""
     if "" in parts or not version.isdigit() or not version.isascii() or len(version) > 20:
         raise SdpError(f"bad o= line {value[:60]!r}")
-    return Origin(parts[0], parts[1], int(parts[2]), parts[5], parts[4], parts[3])
+    return parts
 
 
 # ---------------------------------------------------------------------------------------
