@@ -1,0 +1,253 @@
+"""Receive-path quality (PESQ) and CPU, with naive baselines from the same run.
+
+Speech comes from espeak-ng (two voices, eight ~10 s passages), resampled by
+sox to 8 kHz (G.711, narrowband PESQ) and 16 kHz (G.722, wideband PESQ), and
+goes through `porch.media.netsim.simulate` - the code behind
+`porch tools netsim` - at 0/1/3/5 % random and 3 % bursty loss (mean burst 3
+packets), each with 0/20/40 ms of uniform jitter. Every cell is scored for
+porch's concealment and for zero-fill and repeat-last-frame concealment over
+the same packets, and the averages are reported side by side; G.711 Appendix I
+and G.722 without decoder resync are extra baselines at 3 % loss.
+
+Delay: late loss and mean playout delay at 40 ms jitter, against the 97th
+percentile of that jitter plus 10 ms. CPU: jitter buffer + decode + PLC per
+20 ms frame, next to the bare decoder in the same run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from porch.bench import BenchResult
+
+PASSAGES = [
+    "Please wait at the gate while I come down to let you in. It will take a minute.",
+    "The parcel for flat seven can go in the box beside the stairs, thank you very much.",
+    "Could you tell me which number you are trying to reach today? The list is by the door.",
+    "We will be home again around six, so leave it with the neighbour on the ground floor.",
+    "Press the green button once and speak slowly into the grille. Someone will answer soon.",
+    "The lift is broken this week, so the stairs are on your left after the second door.",
+    "It is raining hard outside, please step under the roof while you wait for the lock.",
+    "Thank you, the courier will come back on Monday morning at nine with the large box.",
+]
+VOICES = ["en+m3", "en+f3"]
+LOSSES = [(0.0, None), (0.01, None), (0.03, None), (0.05, None), (0.03, 3.0)]
+JITTERS = [0.0, 20.0, 40.0]
+CODECS = [("PCMU", 8000, "nb"), ("G722", 16000, "wb")]
+
+
+def have_tools() -> bool:
+    return bool(shutil.which("espeak-ng") and shutil.which("sox"))
+
+
+def make_speech(folder: Path, rate: int, count: int | None = None) -> list[np.ndarray]:
+    """Speech passages at `rate` (mono int16), one per passage and voice."""
+    from porch.media.netsim import read_wav
+
+    out = []
+    for v, voice in enumerate(VOICES):
+        for i, text in enumerate(PASSAGES[:count]):
+            raw = folder / f"s{v}_{i}.wav"
+            wav = folder / f"s{v}_{i}_{rate}.wav"
+            if not wav.exists():
+                if not raw.exists():
+                    subprocess.run(
+                        ["espeak-ng", "-v", voice, "-s", "150", "-g", "8", "-w", str(raw), text],
+                        check=True,
+                        capture_output=True,
+                    )
+                subprocess.run(["sox", str(raw), "-r", str(rate), str(wav)], check=True)
+            out.append(read_wav(wav)[0])
+    return out
+
+
+def score(job: tuple) -> tuple[float, float, float]:
+    """One netsim run: (PESQ, late fraction, mean playout delay ms). In a worker."""
+    from pesq import pesq
+
+    from porch.media.netsim import simulate
+
+    x, rate, mode, codec, imp, concealer, resync = job
+    result = simulate(x, rate, codec, imp, concealer=concealer, resync=resync)
+    stats = result.stats
+    return (
+        float(pesq(rate, x, result.out, mode)),
+        stats["late"] / stats["packets"],
+        stats["delay_mean_ms"],
+    )
+
+
+class Cell:
+    """Scores of one grid cell over speech passages and seeds."""
+
+    def __init__(self, runs: list[tuple[float, float, float]]) -> None:
+        self.pesq = statistics.fmean(r[0] for r in runs)
+        self.late = [r[1] for r in runs]
+        self.delay = [r[2] for r in runs]
+        self.n = len(runs)
+
+
+def pesq_grid(
+    speech: dict[int, list[np.ndarray]],
+    cells: list[tuple],
+    seeds: int,
+    workers: int = 2,
+) -> dict[tuple, Cell]:
+    """Score cells (codec, loss, burst, jitter, concealer, resync)."""
+    from porch.media.netsim import Impairment
+
+    jobs, keys = [], []
+    for cell in cells:
+        codec, loss, burst, jitter, concealer, resync = cell
+        rate, mode = next((r, m) for c, r, m in CODECS if c == codec)
+        for i, x in enumerate(speech[rate]):
+            for s in range(seeds):
+                imp = Impairment(jitter, loss, burst, seed=1000 * s + i)
+                jobs.append((x, rate, mode, codec, imp, concealer, resync))
+                keys.append(cell)
+    with ProcessPoolExecutor(workers) as pool:
+        runs = list(pool.map(score, jobs, chunksize=4))
+    out: dict[tuple, list] = {}
+    for k, v in zip(keys, runs, strict=True):
+        out.setdefault(k, []).append(v)
+    return {k: Cell(v) for k, v in out.items()}
+
+
+def _quality(quick: bool) -> list[BenchResult]:
+    losses = [(0.0, None), (0.03, None), (0.03, 3.0)] if quick else LOSSES
+    jitters = [0.0, 40.0] if quick else JITTERS
+    seeds = 1 if quick else 2
+    with tempfile.TemporaryDirectory() as tmp:
+        speech = {r: make_speech(Path(tmp), r, 2 if quick else None) for _c, r, _m in CODECS}
+    cells = []
+    for codec, _rate, _mode in CODECS:
+        for loss, burst in losses:
+            for jitter in jitters:
+                methods = ["plc"] if loss == 0 else ["plc", "repeat", "zero"]
+                cells += [(codec, loss, burst, jitter, m, None) for m in methods]
+            if loss == 0.03 and burst is None:
+                extra = ("appendix1", None) if codec == "PCMU" else ("plc", "none")
+                cells += [(codec, loss, burst, j, *extra) for j in jitters]
+    grid = pesq_grid(speech, cells, seeds)
+    res = {k: c.pesq for k, c in grid.items()}
+    n = len(speech[8000]) * seeds
+    out: list[BenchResult] = []
+    for codec, _rate, mode in CODECS:
+        clean = statistics.fmean(res[(codec, 0.0, None, j, "plc", None)] for j in jitters)
+        for loss, burst in losses:
+            for jitter in jitters:
+                ours = res[(codec, loss, burst, jitter, "plc", None)]
+                kind = f"{loss:.0%} {'bursty' if burst else 'random'}"
+                name = f"PESQ-{mode} {codec} {kind} jitter {jitter:.0f}ms"
+                if loss == 0:
+                    out.append(BenchResult("media", name, ours, "MOS-LQO", note=f"n={n}"))
+                    continue
+                rep = res[(codec, loss, burst, jitter, "repeat", None)]
+                zero = res[(codec, loss, burst, jitter, "zero", None)]
+                target = ""
+                if codec == "PCMU" and loss == 0.03:
+                    target = ">= repeat-last +0.1" if burst is None else "> repeat-last"
+                if codec == "G722" and loss == 0.03 and burst is None:
+                    target = f">= {clean - 0.6:.2f} (no-loss - 0.6)"
+                note = f"zero-fill {zero:.2f}, n={n}"
+                extra = res.get((codec, loss, burst, jitter, "appendix1", None))
+                if extra is not None:
+                    note += f", Appendix I {extra:.2f}"
+                extra = res.get((codec, loss, burst, jitter, "plc", "none"))
+                if extra is not None:
+                    note += f", no G.722 resync {extra:.2f}"
+                out.append(
+                    BenchResult("media", name, ours, "MOS-LQO", rep, "repeat-last", target, note)
+                )
+    return out + _delay(grid, max(jitters))
+
+
+def _delay(grid: dict[tuple, Cell], jitter: float) -> list[BenchResult]:
+    """Late loss and playout delay of the loss-free runs at the largest jitter."""
+    out = []
+    p97 = 0.97 * jitter
+    for codec, _rate, _mode in CODECS:
+        cell = grid[(codec, 0.0, None, jitter, "plc", None)]
+        late, delay = cell.late, cell.delay
+        out += [
+            BenchResult(
+                "media", f"late loss {codec} jitter {jitter:.0f}ms", 100 * statistics.fmean(late),
+                "%", target="< 1", note=f"max {100 * max(late):.2f}%, n={cell.n}",
+            ),
+            BenchResult(
+                "media", f"mean playout delay {codec} jitter {jitter:.0f}ms",
+                statistics.fmean(delay), "ms", p97 + 10, "p97(jitter)+10ms",
+                f"<= {p97 + 10:.1f}", f"max {max(delay):.1f}",
+            ),
+        ]  # fmt: skip
+    return out
+
+
+def _cpu(quick: bool) -> list[BenchResult]:
+    """Receive path per 20 ms frame: put + pull(2 x 10 ms) with decode and PLC."""
+    from porch.media.codecs import get_codec
+    from porch.media.jitter import Receiver
+    from porch.media.netsim import loss_pattern
+    from porch.media.rtp import RtpPacket, RtpSender
+
+    frames = 500 if quick else 3000
+    out = []
+    for name in ("PCMU", "G722"):
+        codec = get_codec(name)
+        n = codec.frame_samples(20)
+        t = np.arange(frames * n) / codec.sample_rate
+        x = (8000 * np.sin(2 * np.pi * 200 * t) * (1 + np.sin(2 * np.pi * 0.7 * t))).astype(
+            np.int16
+        )
+        enc = codec.encoder()
+        sender = RtpSender()
+        pkts = [
+            RtpPacket.parse(
+                sender.packet(enc.encode(x[i * n : (i + 1) * n]), codec.payload_type, 160)
+            )
+            for i in range(frames)
+        ]
+        for loss in (0.0, 0.03):
+            lost = loss_pattern(frames, loss, None, np.random.default_rng(3))
+            best = float("inf")
+            for _ in range(3):
+                rx = Receiver(codec, initial_delay=0.0)
+                start = time.perf_counter()
+                for i in range(frames):
+                    now = i * 0.02
+                    if not lost[i]:
+                        rx.put(pkts[i], now)
+                    rx.pull(now, n // 2)
+                    rx.pull(now + 0.01, n // 2)
+                best = min(best, (time.perf_counter() - start) / frames * 1e6)
+            dec = codec.decoder()
+            start = time.perf_counter()
+            for p in pkts:
+                dec.decode(p.payload)
+            bare = (time.perf_counter() - start) / frames * 1e6
+            out.append(
+                BenchResult(
+                    "media", f"receive path CPU {name} {loss:.0%} loss", best, "us/frame",
+                    bare, "decoder alone", "< 40",
+                )
+            )  # fmt: skip
+    return out
+
+
+def run(quick: bool) -> list[BenchResult]:
+    results = _cpu(quick)
+    try:
+        import pesq  # noqa: F401
+    except ImportError:
+        return [*results, BenchResult("media", "PESQ", float("nan"), "", note="pesq missing")]
+    if not have_tools():
+        return [*results, BenchResult("media", "PESQ", float("nan"), "", note="no espeak/sox")]
+    return results + _quality(quick)
