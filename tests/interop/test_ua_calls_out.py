@@ -1,0 +1,254 @@
+"""The call button: porch dials real phones (baresip through Kamailio, SIPp directly).
+
+Call states come from /api/status and /api/events; what the far end saw comes from its own
+logs (baresip events, SIPp <log> lines and message traces).
+"""
+
+from __future__ import annotations
+
+import pytest
+from peers import Kamailio, PeerSet, free_port, wait_until
+from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
+from porch_harness import Porch, start_porch
+
+pytestmark = pytest.mark.interop
+
+REDIRECT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAS that redirects">
+  <Global variables="target"/>
+  <recv request="INVITE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 302 Moved Temporarily
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <[$target]>
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"><action><log message="REDIRECTED to [$target]"/></action></recv>
+</scenario>
+"""
+
+
+@pytest.fixture(scope="module")
+def kam(module_peer_set: PeerSet) -> Kamailio:
+    return module_peer_set.kamailio(tls=False)
+
+
+@pytest.fixture
+def run_porch(tmp_path):
+    started: list[Porch] = []
+
+    def run(sections: dict) -> Porch:
+        folder = tmp_path / f"porch{len(started)}"
+        folder.mkdir()
+        sections = {k: dict(v) for k, v in sections.items()}
+        sections.setdefault("sip", {}).setdefault("listen", f"127.0.0.1:{free_port()}")
+        porch = start_porch(folder, sections)
+        started.append(porch)
+        porch.setup()
+        return porch
+
+    yield run
+    for porch in started:
+        if porch.proc.poll() is None:
+            porch.proc.kill()
+            porch.proc.wait()
+
+
+def status(porch: Porch) -> dict:
+    return porch.request("GET", "/api/status")[1]
+
+
+def events(porch: Porch, kind: str | None = None) -> list[dict]:
+    body = porch.request("GET", "/api/events?since=0&limit=1000")[1]
+    return [e for e in body["events"] if kind is None or e["type"] == kind]
+
+
+def wait_call(porch: Porch, state: str, timeout: float = 10.0) -> dict:
+    found = wait_until(lambda: (s := status(porch))["call"] == state and s, timeout)
+    assert found, f"call never became {state!r}: {status(porch)}\n{porch.log()[-3000:]}"
+    return found
+
+
+def call_states(porch: Porch) -> list[str]:
+    return [e["state"] for e in events(porch, "call")]
+
+
+def press(porch: Porch) -> None:
+    assert porch.request("POST", "/api/sim/button")[0] in (200, 204)
+
+
+def test_button_calls_baresip_through_kamailio(kam: Kamailio, peer_set: PeerSet, run_porch):
+    phone = peer_set.baresip(role="callee", user="1001", registrar=kam)
+    porch = run_porch(
+        {
+            "sip": {
+                "registrar": kam.uri("udp"),
+                "username": "door",
+                "password": "doorpass",
+            },
+            "call": {"targets": ["1001"]},
+        }
+    )
+    wait_until(lambda: status(porch)["registration"] == "registered", 10)
+    since = phone.mark()
+    press(porch)
+    s = wait_call(porch, "connected")
+    assert s["peer"] == "sip:1001@127.0.0.1"
+    assert call_states(porch)[0] == "calling"
+    assert porch.request("GET", "/api/sim/outputs")[1]["led_call_mode"] == "on"
+    phone.wait_event("CALL_ESTABLISHED", since=since)
+    # Kamailio answers the first INVITE with 407 (door is a subscriber): being connected
+    # shows porch retried with credentials. Now the far end hangs up: back to idle.
+    phone.hangup()
+    wait_call(porch, "idle")
+    assert events(porch, "call_end")[-1]["reason"] == "hung up by the peer"
+    # Second call, this time porch hangs up (API), the phone sees the BYE.
+    since = phone.mark()
+    press(porch)
+    wait_call(porch, "connected")
+    phone.wait_event("CALL_ESTABLISHED", since=since)
+    assert porch.request("POST", "/api/hangup")[0] in (200, 204)
+    wait_call(porch, "idle")
+    phone.wait_event("CALL_CLOSED", since=since)
+    assert porch.stop()[0] == 0
+
+
+def test_busy_target_then_next_answers_and_hangs_up(peer_set: PeerSet, run_porch):
+    busy = peer_set.sipp.start("uas_reject", variables={"code": 486}, timeout=20)
+    answering = peer_set.sipp.start(
+        "uas_answer_hangup", variables={"ring_ms": 200}, duration_ms=500, timeout=20
+    )
+    porch = run_porch({"call": {"targets": [busy.uri("flat1"), answering.uri("flat2")]}})
+    press(porch)
+    wait_call(porch, "connected")
+    wait_call(porch, "idle")  # the far end hangs up after 500 ms
+    assert busy.wait(10).ok and answering.wait(10).ok
+    failed = events(porch, "call_target_failed")
+    assert failed[0]["target"] == busy.uri("flat1") and failed[0]["status"] == 486
+    assert call_states(porch) == ["calling", "ringing", "connected"]
+    assert events(porch, "call_end")[-1]["reason"] == "hung up by the peer"
+    invite = answering.wait().received("INVITE")[0]
+    assert "m=audio" in invite and "telephone-event/8000" in invite
+    assert '\r\nFrom: "Door" <sip:door@127.0.0.1:' in invite
+
+
+def test_ring_timeout_cancels(peer_set: PeerSet, run_porch):
+    phone = peer_set.sipp.start("uas_ring_cancel", timeout=20)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")], "ring_timeout": 5}})
+    press(porch)
+    wait_call(porch, "ringing")
+    wait_call(porch, "idle", timeout=10)
+    result = phone.wait(10)
+    assert result.ok, result.report()
+    assert result.log_lines("TERMINATED 487"), result.report()
+    failed = events(porch, "call_target_failed")
+    assert failed and failed[-1]["reason"] == "no answer (call.ring_timeout)"
+
+
+def test_parallel_first_answer_wins_the_other_is_cancelled(peer_set: PeerSet, run_porch):
+    slow = peer_set.sipp.start("uas_ring_cancel", timeout=20)
+    quick = peer_set.sipp.start("uas_answer", variables={"ring_ms": 300}, timeout=20)
+    porch = run_porch(
+        {"call": {"targets": [slow.uri("flat1"), quick.uri("flat2")], "strategy": "parallel"}}
+    )
+    press(porch)
+    s = wait_call(porch, "connected")
+    assert s["peer"] == quick.uri("flat2")
+    slow_result = slow.wait(10)
+    assert slow_result.ok and slow_result.log_lines("CANCEL received"), slow_result.report()
+    porch.request("POST", "/api/hangup")
+    quick_result = quick.wait(10)
+    assert quick_result.ok and quick_result.log_lines("BYE received"), quick_result.report()
+
+
+def test_button_again_while_ringing_cancels_and_a_crossing_200_is_hung_up(
+    peer_set: PeerSet, run_porch
+):
+    phone = peer_set.sipp.start("uas_cancel_race", timeout=20)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
+    press(porch)
+    wait_call(porch, "ringing")
+    press(porch)  # second press: cancel
+    wait_call(porch, "idle")
+    result = phone.wait(10)
+    # The phone answered as the CANCEL crossed: porch ACKs that 200 and sends BYE at once.
+    assert result.ok, result.report()
+    assert result.log_lines("ACK after race") and result.log_lines("BYE received")
+    assert "connected" not in call_states(porch)
+
+
+def test_redirect_is_followed(peer_set: PeerSet, run_porch, tmp_path):
+    final = peer_set.sipp.start("uas_answer", timeout=20)
+    scenario = tmp_path / "uas_redirect.xml"
+    scenario.write_text(REDIRECT_UAS)
+    mover = peer_set.sipp.start(scenario, variables={"target": final.uri("moved")}, timeout=20)
+    porch = run_porch({"call": {"targets": [mover.uri("flat")]}})
+    press(porch)
+    s = wait_call(porch, "connected")
+    assert s["peer"] == final.uri("moved")
+    assert mover.wait(10).log_lines("REDIRECTED")
+    redirected = events(porch, "call_redirected")
+    assert redirected and redirected[0]["contacts"] == [final.uri("moved")]
+    porch.request("POST", "/api/hangup")
+    assert final.wait(10).log_lines("BYE received")
+
+
+def test_reliable_ringing_is_pracked(peer_set: PeerSet, run_porch):
+    phone = peer_set.sipp.start("uas_100rel", variables={"ring_ms": 200}, timeout=20)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
+    press(porch)
+    wait_call(porch, "connected")
+    porch.request("POST", "/api/hangup")
+    result = phone.wait(10)
+    assert result.ok, result.report()
+    rack = result.log_lines("PRACK rack=")[0].removeprefix("PRACK rack=")
+    assert rack.split() == ["1", "1", "INVITE"], result.report()
+    assert "100rel" in result.log_lines("INVITE 100rel=")[0]
+
+
+def test_far_end_hold_and_resume_by_reinvite(peer_set: PeerSet, run_porch):
+    phone = peer_set.sipp.start("uas_hold_reinvite", duration_ms=300, timeout=20)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
+    press(porch)
+    wait_call(porch, "connected")
+    result = phone.wait(15)
+    assert result.ok, result.report()
+    assert result.log_lines("HOLD answer=recvonly") and result.log_lines("RESUME answer=sendrecv")
+    wait_call(porch, "idle")
+
+
+def test_session_timer_porch_refreshes_when_asked(peer_set: PeerSet, run_porch):
+    # The callee makes porch the refresher with a short interval: porch must refresh.
+    phone = peer_set.sipp.start(
+        "uas_session_timer", variables={"refresher": "uac", "se_value": 4}, timeout=20
+    )
+    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
+    press(porch)
+    wait_call(porch, "connected")
+    refreshed = "UPDATE session-expires=4;refresher=uac"
+    assert wait_until(lambda: refreshed in phone_log(phone).replace("= ", "="), 8)
+    porch.request("POST", "/api/hangup")
+    result = phone.wait(10)
+    assert result.ok, result.report()
+
+
+def phone_log(sipp) -> str:
+    path = sipp.rundir / "log.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_max_duration_hangs_up(peer_set: PeerSet, run_porch):
+    phone = peer_set.sipp.start("uas_answer", timeout=30)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")], "max_duration": 10}})
+    press(porch)
+    wait_call(porch, "connected")
+    wait_call(porch, "idle", timeout=15)
+    assert events(porch, "call_end")[-1]["reason"] == "call.max_duration reached"
+    assert phone.wait(10).log_lines("BYE received")
