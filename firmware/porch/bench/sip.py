@@ -80,10 +80,9 @@ def _sippy() -> tuple[Callable[[], object], Callable[[], object]] | None:
         from sippy.SipRequest import SipRequest
     except ImportError:
         return None
-    text = INVITE.decode()
 
     def parse() -> object:
-        req = SipRequest(text)
+        req = SipRequest(INVITE.decode())  # sippy's transaction layer decodes the datagram
         for header in req.headers:
             header.getBody()  # sippy parses a header's body on first access
         req.init_body()

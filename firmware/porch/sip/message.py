@@ -203,11 +203,13 @@ class Headers:
         key = _KEY_CACHE.get(name) or header_key(name)
         keys = self._keys
         count = keys.count(key)
-        if count == 0:
-            return []
         if count == 1:
             value = self._fields[keys.index(key)][1]
-            return split_list(value) if key in LIST_HEADERS else [value]
+            if key not in LIST_HEADERS or "," not in value:
+                return [value.strip(" \t")] if value else []
+            return split_list(value)
+        if count == 0:
+            return []
         bucket = [f[1] for k, f in zip(keys, self._fields, strict=True) if k == key]
         if key not in LIST_HEADERS:
             return bucket
@@ -338,7 +340,10 @@ class Message:
         typed = self.headers.typed
         vias = typed.get("via")
         if vias is None:
-            vias = typed["via"] = [Via.parse(v) for v in self._list("via")]
+            values = self.headers.values("via")
+            if "" in values:
+                raise RemoteProtocolError(400, "empty item in Via")
+            vias = typed["via"] = [Via.parse(v) for v in values]
         return vias
 
     @property
@@ -400,7 +405,10 @@ class Message:
         typed = self.headers.typed
         contacts = typed.get("contact")
         if contacts is None:
-            contacts = typed["contact"] = [NameAddress.parse(v) for v in self._list("contact")]
+            values = self.headers.values("contact")
+            if "" in values:
+                raise RemoteProtocolError(400, "empty item in Contact")
+            contacts = typed["contact"] = [NameAddress.parse(v) for v in values]
         return contacts
 
     @property

@@ -465,8 +465,8 @@ class SessionDescription(_Attributes):
     @classmethod
     def parse(cls, data: bytes | str) -> SessionDescription:
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-        breaks = text.count("\r\n")
-        if text.count("\n") != breaks or text.count("\r") != breaks:
+        breaks = text.count("\n")
+        if text.count("\r") != breaks or text.count("\r\n") != breaks:
             # LF-only or mixed line ends are tolerated; a CR anywhere else is not.
             text = text.replace("\r\n", "\n")
             if "\r" in text:
@@ -488,7 +488,17 @@ class SessionDescription(_Attributes):
         sections = text.split("\r\nm=")
         head, sdp._raw = _split_section(sections[0])
         for line in head[1:]:
-            _session_line(sdp, line)
+            kind = line[:2]
+            if kind == "o=":
+                sdp._origin = _origin_parts(line[2:])
+            elif kind == "s=":
+                sdp.name = line[2:]
+            elif kind == "c=":
+                sdp.connection = _parse_connection(line[2:])
+            elif kind == "t=":
+                sdp.times.append(line[2:])
+            else:
+                _session_line(sdp, line)
         for section in sections[1:]:
             lines, raw = _split_section(section)
             media = _parse_media(lines[0])
