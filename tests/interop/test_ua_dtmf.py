@@ -1,0 +1,141 @@
+"""Opening the door from a call: DTMF codes by SIP INFO (SIPp, linphonec), INFO `unlock`,
+wrong codes and the lockout; all visible in /api/sim/outputs and /api/events.
+
+One registered porch (code 2580, relay pulse 3 s, lockout after 5 wrong codes for 5 s)
+behind one Kamailio serves the module.
+"""
+
+from __future__ import annotations
+
+import pytest
+from peers import Kamailio, PeerSet, free_port, wait_until
+from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
+from porch_harness import Porch, start_porch
+
+pytestmark = pytest.mark.interop
+
+CODE = "2580"
+
+
+@pytest.fixture(scope="module")
+def kam(module_peer_set: PeerSet) -> Kamailio:
+    return module_peer_set.kamailio(tls=False)
+
+
+@pytest.fixture(scope="module")
+def door(kam: Kamailio, tmp_path_factory) -> Porch:
+    porch = start_porch(
+        tmp_path_factory.mktemp("door"),
+        {
+            "sip": {
+                "registrar": kam.uri("udp"),
+                "username": "door",
+                "password": "doorpass",
+                "listen": f"127.0.0.1:{free_port()}",
+            },
+            "call": {"auto_answer": "allowlist"},
+            "door": {"dtmf_codes": [CODE], "unlock_seconds": 3, "lockout_seconds": 5},
+        },
+    )
+    porch.setup()
+    assert wait_until(lambda: status(porch)["registration"] == "registered", 10), porch.log()
+    yield porch
+    if porch.proc.poll() is None:
+        assert porch.stop()[0] == 0
+
+
+@pytest.fixture
+def idle_door(door: Porch) -> Porch:
+    assert wait_until(lambda: status(door)["call"] == "idle", 10), status(door)
+    assert wait_until(lambda: not status(door)["lockout"], 10), status(door)
+    assert wait_until(lambda: not outputs(door)["relay"], 5)
+    yield door
+    if status(door)["call"] != "idle":
+        door.request("POST", "/api/hangup")
+
+
+def status(porch: Porch) -> dict:
+    return porch.request("GET", "/api/status")[1]
+
+
+def outputs(porch: Porch) -> dict:
+    return porch.request("GET", "/api/sim/outputs")[1]
+
+
+def events(porch: Porch, kind: str, since: int = 0) -> list[dict]:
+    body = porch.request("GET", f"/api/events?since={since}&limit=1000")[1]
+    return [e for e in body["events"] if e["type"] == kind]
+
+
+def call_door(peer_set: PeerSet, kam: Kamailio, scenario: str, **variables) -> object:
+    return peer_set.sipp.run(
+        scenario,
+        kam.address("udp"),
+        service="door",
+        variables={"from_host": "127.0.0.1", **variables},
+        duration_ms=200,
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize("info_type", ["relay", "dtmf"])
+def test_code_by_sip_info_opens_the_door(kam, peer_set, idle_door, info_type):
+    seq = idle_door.last_seq()
+    result = call_door(peer_set, kam, "uac_invite_info_dtmf", digits=CODE, info_type=info_type)
+    assert result.ok, result.report()
+    assert result.log_lines("INFO digit=") == [f"INFO digit={d} status=200" for d in CODE]
+    unlocks = events(idle_door, "unlock", seq)
+    assert len(unlocks) == 1 and unlocks[0]["cause"] == "dtmf" and unlocks[0]["method"] == "info"
+    assert unlocks[0]["peer"] == "sip:sipp@127.0.0.1"
+    assert outputs(idle_door)["relay"] is True  # the pulse lasts 3 s
+
+
+def test_info_unlock_and_its_refusal_when_switched_off(kam, peer_set, idle_door):
+    seq = idle_door.last_seq()
+    result = call_door(peer_set, kam, "uac_invite_info_unlock")
+    assert result.log_lines("INFO unlock status=200"), result.report()
+    assert [e["cause"] for e in events(idle_door, "unlock", seq)] == ["sip_info"]
+    assert outputs(idle_door)["relay"] is True
+    assert wait_until(lambda: not outputs(idle_door)["relay"], 5)
+    # door.info_unlock = false, applied live through the API: 403, the door stays shut.
+    doc = idle_door.request("GET", "/api/config")[1]
+    doc["door"]["info_unlock"] = False
+    assert idle_door.request("PUT", "/api/config", doc)[0] == 200
+    try:
+        seq = idle_door.last_seq()
+        result = call_door(peer_set, kam, "uac_invite_info_unlock")
+        assert result.log_lines("INFO unlock status=403"), result.report()
+        assert events(idle_door, "unlock_refused", seq)
+        assert not events(idle_door, "unlock", seq)
+    finally:
+        doc["door"]["info_unlock"] = True
+        assert idle_door.request("PUT", "/api/config", doc)[0] == 200
+
+
+def test_five_wrong_codes_lock_out_then_right_code_is_ignored(kam, peer_set, idle_door):
+    seq = idle_door.last_seq()
+    result = call_door(peer_set, kam, "uac_invite_info_dtmf", digits="1#1#1#1#1#" + CODE)
+    assert result.ok, result.report()
+    # every well-formed DTMF INFO in the answered call gets 200, even during the lockout
+    assert all(x.endswith("status=200") for x in result.log_lines("INFO digit="))
+    assert len(events(idle_door, "code_wrong", seq)) == 5
+    assert events(idle_door, "lockout", seq)
+    assert len(events(idle_door, "code_ignored", seq)) == len(CODE)
+    assert not events(idle_door, "unlock", seq)
+    assert status(idle_door)["lockout"] is True
+
+
+def test_linphone_types_the_code_with_sip_info(kam, peer_set, idle_door):
+    phone = peer_set.linphone(use_info=True, use_rfc2833=False)
+    phone.register("1002", registrar=kam)
+    seq = idle_door.last_seq()
+    since = phone.mark()
+    phone.dial(f"sip:door@127.0.0.1:{kam.port('udp')}")
+    phone.wait_connected(since=since)
+    assert wait_until(lambda: status(idle_door)["call"] == "connected", 10)
+    phone.send_dtmf(CODE)
+    unlocked = wait_until(lambda: events(idle_door, "unlock", seq), 10)
+    assert unlocked and unlocked[0]["method"] == "info", idle_door.log()[-2000:]
+    assert outputs(idle_door)["relay"] is True
+    phone.hangup()
+    assert wait_until(lambda: status(idle_door)["call"] == "idle", 10)
