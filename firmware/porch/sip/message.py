@@ -487,9 +487,6 @@ class Message:
             raise RemoteProtocolError(400, f"missing {canonical_name(key)}")
         return value
 
-    def _address(self, key: str) -> NameAddress:
-        return NameAddress.parse(self._required(key))
-
     def _number(self, key: str, maximum: int | None) -> int | None:
         value = self.headers.get(key)
         if value is None:

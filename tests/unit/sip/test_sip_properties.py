@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SEEDS = list(MESSAGES.values()) + [p.read_bytes() for p in sorted(FIXTURES.glob("*.sip"))]
 
 PROFILE = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -532,3 +532,15 @@ def test_every_message_parses_or_fails_cleanly() -> None:
                 validate_response(msg)
         except RemoteProtocolError:
             pass
+
+
+OVER_UDP = (
+    "sending the torture messages to a running UA over UDP, inside a loopback-only network "
+    "namespace, needs the user agent, which a later issue builds"
+)
+
+
+@pytest.mark.netns
+@pytest.mark.skip(reason=OVER_UDP)
+def test_torture_messages_over_udp_to_the_user_agent() -> None:
+    """Placeholder: the same messages, sent to porch's UA in `ip netns`, answered as above."""
