@@ -115,10 +115,12 @@ class Rfc4733Receiver:
     ) -> list[Digit | DigitEnd]:
         out: list[Digit | DigitEnd] = []
         out += self.on_timer(now)
+        start = timestamp
         for block in parse_events(payload):
-            if block.event >= len(EVENTS):
-                continue  # not a digit (flash, tones): nothing to report
-            out += self._block(ssrc, timestamp, block, now)
+            # several blocks: events back to back, each starting where the last ended
+            if block.event < len(EVENTS):  # not a digit (flash, tones): nothing to report
+                out += self._block(ssrc, start & 0xFFFFFFFF, block, now)
+            start += block.duration
         return out
 
     def _block(self, ssrc: int, ts: int, block: EventPayload, now: float) -> list:

@@ -54,7 +54,8 @@ class ReceiverStats:
     packets: int = 0  # audio packets accepted
     duplicates: int = 0
     late: int = 0  # arrived after their time was played
-    lost: int = 0  # frames played as concealment because their packet never came in time
+    lost: int = 0  # frames concealed whose packet never came (a later one did)
+    concealed_frames: int = 0  # frames concealed for any reason: lost, late, stream paused
     frames: int = 0  # frames played from packets
     loss_runs: int = 0  # runs of consecutive lost frames (for the E-model burst ratio)
     concealed_samples: int = 0  # including expands
@@ -197,7 +198,8 @@ class Receiver:
         self._quiet_abs = (32768 * 10 ** (QUIET_DBFS / 20)) ** 2
         self._loud_abs = (32768 * 10 ** (LOUD_DBFS / 20)) ** 2
         self._pull_dt = 0.02
-        self._in_loss = False
+        self._run_counted = False
+        self._unconfirmed = 0
         self._reset_stream()
 
     # --- stream state -----------------------------------------------------------
@@ -222,17 +224,21 @@ class Receiver:
         if pt != self._pt and pt != PT_CN:
             return "ignored"
         status = "ok"
+        new_source = False
         if packet.ssrc != self.ssrc:
             if self.ssrc is not None:
                 self._reset_stream()
                 self.decoder.reset()
                 self.stats.resets += 1
                 status = "reset"
+                new_source = True
             self.ssrc = packet.ssrc
         ts = self._unwrap.extend(packet.timestamp)
         transit = arrival - ts / self.clock
         tr = self._transit
-        if tr.count and abs(transit - tr.base) > JUMP:
+        if new_source and tr.count:
+            tr.shift(transit - tr.base)  # its own timestamp origin: keep only the spread
+        elif tr.count and abs(transit - tr.base) > JUMP:
             # the sender's clock jumped: carry the statistics over, restart the timeline
             tr.shift(transit - tr.base)
             self._keys.clear()
@@ -255,7 +261,16 @@ class Receiver:
                 self._play_ts = ts  # a talkspurt starts: take it, the delay shrinks later
             else:
                 self.stats.late += 1
+                self._since_retarget = RETARGET_EVERY  # re-plan at once, not in 5 packets
+                if self._unconfirmed:
+                    self._unconfirmed -= 1  # not lost after all, just late
+                elif self.stats.lost:
+                    self.stats.lost -= 1
                 return "late"
+        if self._unconfirmed:
+            self.stats.lost += self._unconfirmed  # the stream went on: those were lost
+            self._unconfirmed = 0
+            self._count_run()
         self._entries[ts] = _Entry(packet.sequence, pt, packet.payload, packet.marker, arrival)
         keys = self._keys
         if not keys or ts > keys[-1]:
@@ -317,8 +332,8 @@ class Receiver:
                 self._keys.remove(k)
                 self._entries.pop(k, None)
             later = self._keys[0] if self._keys else None
-        if self._cn_level is not None and later is None:
-            self._comfort_noise(play, self.frame, now)
+        if self._cn_level is not None:
+            self._comfort_noise(play, self.frame, now)  # silence suppression, not loss
             return
         if later is not None and later - play < self.frame_ticks:
             self._play_ts = later  # timestamps not on our frame grid: follow the sender
@@ -342,13 +357,21 @@ class Receiver:
                 self._predecoded = (later, future)
         pcm = self.plc.lost(n, future)
         self.decoder.conceal(self.plc.last_synthetic, self.plc.peek(self.codec.delay))
-        self.stats.lost += 1
-        if not self._in_loss:
-            self.stats.loss_runs += 1
-            self._in_loss = True
-        self.stats.concealed_samples += n
+        stats = self.stats
+        stats.concealed_frames += 1
+        if later is not None:
+            stats.lost += 1
+            self._count_run()
+        else:
+            self._unconfirmed += 1  # lost, unless the stream simply stopped
+        stats.concealed_samples += n
         self._play_ts = play + gap
         self._emit(pcm, play * self.spt, now, "conceal")
+
+    def _count_run(self) -> None:
+        if not self._run_counted:
+            self.stats.loss_runs += 1
+            self._run_counted = True
 
     def _play(self, entry: _Entry, play: int, slack: float, now: float) -> None:
         stats = self.stats
@@ -359,7 +382,7 @@ class Receiver:
             self._comfort_noise(play, self.frame, now, slack)
             return
         self._cn_level = None
-        self._in_loss = False
+        self._run_counted = False
         self.stats.frames += 1
         pre = self._predecoded
         if pre is not None and pre[0] == play:

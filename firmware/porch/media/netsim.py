@@ -191,7 +191,7 @@ def simulate(
         "packets": n_pkts,
         "lost": int(np.isnan(arrive).sum()),
         "late": s.late,
-        "concealed": s.lost,
+        "concealed": s.concealed_frames,
         "delay_mean_ms": round(float(d.mean()), 2),
         "delay_p95_ms": round(float(np.percentile(d, 95)), 2),
         "reordered": reordered,
@@ -242,11 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     import wave
 
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError(f"{path}: need mono 16-bit PCM WAV")
-        rate = w.getframerate()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getnchannels() != 1 or w.getsampwidth() != 2:
+                raise ValueError(f"{path}: need mono 16-bit PCM WAV")
+            rate = w.getframerate()
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    except wave.Error as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return data, rate
 
 
