@@ -139,3 +139,23 @@ def test_linphone_types_the_code_with_sip_info(kam, peer_set, idle_door):
     assert outputs(idle_door)["relay"] is True
     phone.hangup()
     assert wait_until(lambda: status(idle_door)["call"] == "idle", 10)
+
+
+def test_baresip_types_the_code_as_rfc4733_events(kam, peer_set, idle_door):
+    """baresip 1.0.0 sends DTMF only as RFC 4733 telephone-events: they come through porch's
+    media session; the call's RTP figures land in the event log at the end."""
+    phone = peer_set.baresip(role="caller", user="1001", registrar=kam)
+    seq = idle_door.last_seq()
+    since = phone.mark()
+    phone.dial(f"sip:door@127.0.0.1:{kam.port('udp')}")
+    phone.wait_event("CALL_ESTABLISHED", since=since)
+    assert wait_until(lambda: status(idle_door)["call"] == "connected", 10)
+    phone.send_dtmf(CODE)
+    unlocked = wait_until(lambda: events(idle_door, "unlock", seq), 10)
+    assert unlocked and unlocked[0]["method"] == "rfc4733", idle_door.log()[-2000:]
+    assert outputs(idle_door)["relay"] is True
+    phone.hangup()
+    assert wait_until(lambda: status(idle_door)["call"] == "idle", 10)
+    media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
+    assert media and media[-1]["codec"] in ("PCMU", "PCMA"), media
+    assert media[-1]["packets"] > 10 and media[-1]["sent"] > 10, media

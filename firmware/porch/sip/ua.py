@@ -173,7 +173,8 @@ class Call:
     # in
     invite: Request | None = None
     server_key: ServerKey | None = None
-    pending_answer: Response | None = None  # the 200 waiting for a PRACK
+    answer_headers: list[tuple[str, str]] = field(default_factory=list)  # RFC 4028, in 200
+    awaiting_prack: bool = False  # the 200 waits for the PRACK of our reliable 180
     refreshing: bool = False
 
 
@@ -326,16 +327,27 @@ class UserAgent:
         if self.transport is None:
             self._call_failed_early(targets, self.last_error or "SIP is not running")
             return
-        try:
-            media = self._open_media(None)
-        except OSError as exc:
-            self._call_failed_early(targets, f"no RTP port: {exc}")
-            return
-        call = Call("out", media, session_id=str(secrets.randbits(31)))
-        call.local_sdp = self._offer(call, "sendrecv")
-        call.pending_offer = call.local_sdp
+        call = Call("out", self._new_media(None), session_id=str(secrets.randbits(31)))
         call.plan = callplan.TargetPlan(list(targets), strategy, ring_timeout)
         self.call = call
+        self._spawn(self._start_outgoing(call, targets))
+
+    async def _start_outgoing(self, call: Call, targets: list[str]) -> None:
+        try:
+            await call.media.open()
+        except OSError as exc:
+            if not call.over:
+                self._end_call(call, f"no RTP port: {exc}")
+                for target in targets:
+                    self.intercom.events.append(
+                        "call_target_failed", target=target, reason=f"no RTP port: {exc}"
+                    )
+            return
+        if call.over or call.plan is None:
+            call.media.close()
+            return
+        call.local_sdp = self._offer(call, "sendrecv")
+        call.pending_offer = call.local_sdp
         self._plan_actions(call, call.plan.start(self.now()))
 
     def hang_up(self, reason: str) -> None:
@@ -660,13 +672,26 @@ class UserAgent:
         assert self.transport is not None
         return self.transport.sent_by(self.transport_name, toward)[0].strip("[]")
 
-    def _open_media(self, toward: str | None) -> MediaSession:
+    def _new_media(self, toward: str | None) -> MediaSession:
+        """The media session of a new call, not yet bound (`await open()`)."""
         host = self.cfg.sip.listen_host
         if host in ("0.0.0.0", "::", ""):
             host = self._media_host(toward)
-        media = self._media_factory(host, on_dtmf=self._rfc4733_digit)
-        media.open()
-        return media
+        audio = self.cfg.audio
+        source = Path(audio.capture) if audio.capture.endswith(".wav") else None
+        sink = None
+        if audio.playback.endswith(".wav"):
+            sink = Path(audio.playback)
+        elif self.sim and self.state_dir is not None:
+            sink = self.state_dir / "sim-last-call.wav"
+        return self._media_factory(
+            host,
+            on_dtmf=self._media_digit,
+            source=source,
+            sink=sink,
+            audible=self.sim,
+            local_event_pt=TELEPHONE_EVENT_PT,
+        )
 
     def _offer(self, call: Call, direction: str) -> SessionDescription:
         return build_offer(
@@ -693,9 +718,10 @@ class UserAgent:
             codecs=list(self.cfg.audio.codecs),
         )
 
-    def _rfc4733_digit(self, digit: str) -> None:
+    def _media_digit(self, digit: str, source: str) -> None:
+        """A digit heard in the media (RFC 4733 or in-band) of the answered call."""
         if self.call is not None and self.call.connected:
-            self.intercom.dtmf(digit, "rfc4733")
+            self.intercom.dtmf(digit, source)
 
     # ======================================================================================
     # registration
@@ -984,71 +1010,86 @@ class UserAgent:
         except RemoteProtocolError as exc:
             self._reply(ev.key, req, exc.status, exc.reason)
             return
+        call = Call(
+            "in",
+            self._new_media(source.host if source else None),
+            session_id=str(secrets.randbits(31)),
+            peer=peer,
+        )
+        call.invite = req
+        call.server_key = ev.key
+        call.peer_allow = req.allow
+        self.call = call  # busy from now on
+        log.info("answering call from %s (%s)", peer, verdict.reason)
+        self._spawn(self._answer_incoming(call, offer, source))
+
+    async def _answer_incoming(
+        self, call: Call, offer: SessionDescription | None, source: Source | None
+    ) -> None:
+        req = call.invite
+        key = call.server_key
+        assert req is not None and key is not None
         try:
-            media = self._open_media(source.host if source else None)
+            await call.media.open()
         except OSError as exc:
             log.error("no RTP port for an incoming call: %s", exc)
-            self._reply(ev.key, req, 500, "No Media Port", headers=[("Retry-After", "5")])
+            if not call.over:
+                self._reply(key, req, 500, "No Media Port", headers=[("Retry-After", "5")])
+                self._end_call(call, f"no RTP port: {exc}")
             return
-        call = Call("in", media, session_id=str(secrets.randbits(31)), peer=peer)
+        if call.over:  # cancelled meanwhile
+            call.media.close()
+            return
         try:
             if offer is not None:
                 call.local_sdp, call.audio = self._answer(call, offer)
             else:
                 call.local_sdp = self._offer(call, "sendrecv")
                 call.pending_offer = call.local_sdp
-            timer_headers, call.timer = answer_headers(req, self.now())
+            call.answer_headers, call.timer = answer_headers(req, self.now())
             dialog = Dialog.uas(
                 req,
                 local_tag=_token(),
                 local_contact=self._contact(source.host if source else None),
             )
         except RemoteProtocolError as exc:
-            media.close()
             if isinstance(exc, SdpNegotiationError):
                 self.intercom.events.append(
-                    "call_refused", peer=peer, status=488, reason="no common codec"
+                    "call_refused", peer=call.peer, status=488, reason="no common codec"
                 )
-            self._reply(ev.key, req, exc.status, exc.reason, headers=exc.headers)
+            self._reply(key, req, exc.status, exc.reason, headers=exc.headers)
+            self._end_call(call, f"refused: {exc.status} {exc.reason}")
             return
-        call.invite = req
-        call.server_key = ev.key
         call.dialog = dialog
-        call.peer_allow = req.allow
         self.dialogs.add(dialog)
-        self.call = call
-        log.info("answering call from %s (%s)", peer, verdict.reason)
-        answer_resp = dialog.create_response(
-            req,
+        if "100rel" in req.require:
+            # RFC 3262: the 180 is sent reliably and the 200 waits for its PRACK.
+            rseq = dialog.next_rseq()
+            self._reply(
+                key, req, 180, headers=[("Require", "100rel"), ("RSeq", str(rseq))], dialog=dialog
+            )
+            call.awaiting_prack = True
+            self.intercom.call_state("ringing", call.peer)
+            return
+        self._reply(key, req, 180, dialog=dialog)
+        self._send_answer(call)
+
+    def _send_answer(self, call: Call) -> None:
+        assert call.server_key is not None and call.invite is not None
+        assert call.dialog is not None and call.local_sdp is not None
+        call.awaiting_prack = False
+        response = call.dialog.create_response(
+            call.invite,
             200,
             headers=[
                 ("Server", USER_AGENT),
                 ("Allow", ALLOW),
                 ("Supported", ", ".join(SUPPORTED)),
-                *timer_headers,
+                *call.answer_headers,
             ],
             body=call.local_sdp.to_bytes(),
             content_type=SDP,
         )
-        # create_response moved the dialog to "confirmed"; the 180 below is still sent first.
-        if "100rel" in req.require:
-            rseq = dialog.next_rseq()
-            self._reply(
-                ev.key,
-                req,
-                180,
-                headers=[("Require", "100rel"), ("RSeq", str(rseq))],
-                dialog=dialog,
-            )
-            call.pending_answer = answer_resp
-            self.intercom.call_state("ringing", peer)
-            return
-        self._reply(ev.key, req, 180, dialog=dialog)
-        self._send_answer(call, answer_resp)
-
-    def _send_answer(self, call: Call, response: Response) -> None:
-        assert call.server_key is not None
-        call.pending_answer = None
         try:
             self._process(self.layer.send_response(call.server_key, response, self.now()))
         except LocalProtocolError as exc:  # the INVITE is gone (CANCEL won the race)
@@ -1059,8 +1100,8 @@ class UserAgent:
 
     def _on_prack(self, ev: RequestReceived, call: Call, dialog: Dialog) -> None:
         self._reply(ev.key, ev.request, 200, dialog=dialog)
-        if call.pending_answer is not None and call.dialog is dialog:
-            self._send_answer(call, call.pending_answer)
+        if call.awaiting_prack and call.dialog is dialog and not call.over:
+            self._send_answer(call)
 
     def _on_cancel(self, ev: CancelReceived) -> None:
         call = self.call
