@@ -1,0 +1,343 @@
+"""Inside a call: hold and resume (re-INVITE, UPDATE), codec change, session timers asked
+for by the caller, and whole calls surviving lost datagrams.
+
+A peer-to-peer porch (no registrar: it answers direct calls) serves the module. Loss is
+made by `LossyRelay`, a UDP relay between SIPp and porch that drops the first copies of
+chosen messages, so every retransmission path is taken, deterministically.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from peers import PeerSet, free_port, wait_until
+from peers_fixtures import fixture_peer_set  # noqa: F401
+from porch_harness import Porch, start_porch
+
+pytestmark = pytest.mark.interop
+
+CODEC_CHANGE_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAC: call with PCMU, then re-INVITE offering PCMA only">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="300"/>
+  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 2 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 8 101
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200">
+    <action>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP ([0-9]+)" search_in="body" check_it="true"
+            assign_to="m_x,pt"/>
+      <log message="REOFFER answer pt=[$pt]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="300"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+  <Reference variables="m_x"/>
+</scenario>
+"""
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory) -> Porch:
+    port = free_port()
+    porch = start_porch(tmp_path_factory.mktemp("door"), {"sip": {"listen": f"127.0.0.1:{port}"}})
+    porch.extra["address"] = ("127.0.0.1", port)
+    porch.setup()
+    yield porch
+    if porch.proc.poll() is None:
+        assert porch.stop()[0] == 0
+
+
+@pytest.fixture
+def idle_door(door: Porch) -> Porch:
+    assert wait_until(lambda: status(door)["call"] == "idle", 10), status(door)
+    yield door
+    if status(door)["call"] != "idle":
+        door.request("POST", "/api/hangup")
+        assert wait_until(lambda: status(door)["call"] == "idle", 10)
+
+
+def status(porch: Porch) -> dict:
+    return porch.request("GET", "/api/status")[1]
+
+
+def events(porch: Porch, kind: str, since: int = 0) -> list[dict]:
+    body = porch.request("GET", f"/api/events?since={since}&limit=1000")[1]
+    return [e for e in body["events"] if e["type"] == kind]
+
+
+@pytest.mark.parametrize(
+    "scenario,hold_dir,answer",
+    [
+        ("uac_reinvite_hold", "sendonly", "recvonly"),
+        ("uac_reinvite_hold", "inactive", "inactive"),
+        ("uac_update_hold", "sendonly", "recvonly"),
+    ],
+)
+def test_caller_holds_and_resumes(peer_set: PeerSet, idle_door, scenario, hold_dir, answer):
+    result = peer_set.sipp.run(
+        scenario,
+        idle_door.extra["address"],
+        service="door",
+        variables={"hold_dir": hold_dir},
+        duration_ms=500,
+        timeout=15,
+    )
+    assert result.ok, result.report()
+    assert result.log_lines(f"HOLD answer={answer}"), result.report()
+    assert result.log_lines("RESUME answer=sendrecv"), result.report()
+    assert result.log_lines("HUNGUP")
+
+
+def test_reoffer_changes_the_codec(peer_set: PeerSet, idle_door, tmp_path):
+    seq = idle_door.last_seq()
+    scenario = tmp_path / "uac_codec_change.xml"
+    scenario.write_text(CODEC_CHANGE_UAC)
+    result = peer_set.sipp.run(scenario, idle_door.extra["address"], service="door", timeout=15)
+    assert result.ok, result.report()
+    assert result.log_lines("REOFFER answer pt=8"), result.report()
+    media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
+    assert media and media[-1]["codec"] == "PCMA", media
+
+
+def test_session_timer_asked_by_the_caller(peer_set: PeerSet, idle_door):
+    result = peer_set.sipp.run(
+        "uac_session_timer",
+        idle_door.extra["address"],
+        service="door",
+        variables={"se_value": 120},
+        duration_ms=300,
+        timeout=15,
+    )
+    assert result.ok, result.report()
+    lines = [ln.replace("= ", "=") for ln in result.log.splitlines()]
+    assert any(ln.startswith("ANSWERED session-expires=120;refresher=uac") for ln in lines), lines
+    assert any(ln.startswith("REFRESH UPDATE session-expires=120") for ln in lines), lines
+    assert any(ln.startswith("REFRESH INVITE session-expires=120") for ln in lines), lines
+
+
+def test_too_short_session_interval_is_422(peer_set: PeerSet, idle_door):
+    result = peer_set.sipp.run(
+        "uac_session_timer",
+        idle_door.extra["address"],
+        service="door",
+        variables={"se_value": 30},
+        timeout=10,
+    )
+    assert not result.ok
+    assert any(m.startswith("SIP/2.0 422 ") for m in result.received("SIP/2.0")), result.report()
+    assert "Min-SE: 90" in result.received("SIP/2.0 422")[0]
+
+
+# --------------------------------------------------------------------------- loss
+
+
+class LossyRelay:
+    """UDP relay between porch and one peer that drops the first copies of chosen messages.
+
+    Datagrams from porch go to `peer` (learnt from the first datagram of anyone else when
+    not given); all others go to porch, with `;rport` added to their top Via so that porch's
+    answers come back through the relay too. `drop` maps a message kind ("INVITE", "ACK",
+    "200 INVITE", "180 INVITE" ...) to how many of its first copies are lost.
+    """
+
+    def __init__(
+        self, porch: tuple[str, int], drop: dict[str, int], peer: tuple[str, int] | None = None
+    ):
+        self.porch = porch
+        self.peer = peer
+        self.drop = dict(drop)
+        self.dropped: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.address = self.sock.getsockname()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def kind(data: bytes) -> str:
+        first, _, rest = data.partition(b"\r\n")
+        words = first.decode(errors="replace").split()
+        if not words:
+            return ""
+        if words[0] != "SIP/2.0":
+            return words[0]
+        cseq = next((ln for ln in rest.split(b"\r\n") if ln.lower().startswith(b"cseq:")), b"")
+        return f"{words[1]} {cseq.decode(errors='replace').split()[-1]}"
+
+    @staticmethod
+    def with_rport(data: bytes) -> bytes:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        for i, line in enumerate(lines):
+            if line.lower().startswith(b"via:") and b"rport" not in line:
+                lines[i] = line + b";rport"
+                break
+        return b"\r\n".join(lines) + sep + body
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if addr == self.porch:
+                dest = self.peer
+            else:
+                self.peer = self.peer or addr
+                dest = self.porch
+                if not data.startswith(b"SIP/2.0"):
+                    data = self.with_rport(data)
+            kind = self.kind(data)
+            if self.drop.get(kind, 0) > 0:
+                self.drop[kind] -= 1
+                self.dropped.append(kind)
+                continue
+            if dest is not None:
+                self.sock.sendto(data, dest)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_incoming_call_survives_lost_datagrams(peer_set: PeerSet, idle_door):
+    """The first INVITE, 200, ACK, BYE and BYE's 200 are all lost once: SIPp's and porch's
+    retransmissions (2xx until ACK, responses to retransmitted requests) carry the call."""
+    seq = idle_door.last_seq()
+    drop = {"INVITE": 1, "200 INVITE": 1, "ACK": 1, "BYE": 1, "200 BYE": 1}
+    relay = LossyRelay(idle_door.extra["address"], drop)
+    try:
+        result = peer_set.sipp.run(
+            "uac_call",
+            idle_door.extra["address"],
+            service="door",
+            duration_ms=300,
+            timeout=20,
+            extra=["-rsa", f"127.0.0.1:{relay.address[1]}"],
+        )
+    finally:
+        relay.close()
+    assert result.ok and result.log_lines("HUNGUP"), result.report()
+    assert sorted(relay.dropped) == sorted(drop), relay.dropped
+    assert len(result.sent("INVITE")) == 2 and len(result.sent("BYE")) >= 2
+    assert [e["state"] for e in events(idle_door, "call", seq)] == ["connected"]
+    assert wait_until(lambda: status(idle_door)["call"] == "idle", 5)
+
+
+def test_outgoing_call_survives_lost_datagrams(peer_set: PeerSet, tmp_path):
+    """porch's INVITE and the callee's 180 and 200 are lost once: porch's timer A resends
+    the INVITE, the callee resends its 200, and the call is set up and ended normally."""
+    phone = peer_set.sipp.start("uas_answer", variables={"ring_ms": 200}, timeout=20)
+    sip_port = free_port()
+    drop = {"INVITE": 1, "180 INVITE": 1, "200 INVITE": 1}
+    relay = LossyRelay(("127.0.0.1", sip_port), drop, peer=phone.address)
+    porch = start_porch(
+        tmp_path,
+        {
+            "sip": {"listen": f"127.0.0.1:{sip_port}"},
+            "call": {"targets": [f"sip:flat@127.0.0.1:{relay.address[1]}"]},
+        },
+    )
+    try:
+        porch.setup()
+        porch.request("POST", "/api/sim/button")
+        assert wait_until(lambda: status(porch)["call"] == "connected", 10), porch.log()
+        porch.request("POST", "/api/hangup")
+        result = phone.wait(10)
+        assert result.ok and result.log_lines("BYE received"), result.report()
+        assert sorted(relay.dropped) == sorted(drop), relay.dropped
+        assert len(result.received("INVITE")) == 1  # the first copy never arrived
+    finally:
+        relay.close()
+        assert porch.stop()[0] == 0
