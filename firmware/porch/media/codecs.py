@@ -186,10 +186,9 @@ class PCMA(Codec):
 # --- G.722 -------------------------------------------------------------------
 
 _G722_BITRATE = 64000
-# How much decoded history warms up a fresh encoder before it re-encodes a
-# concealment signal; ADPCM step size and predictor settle within a few ms.
-_G722_WARMUP = 960
-_G722_HISTORY_FRAMES = 3
+# Decoded history that warms up a fresh encoder before it re-encodes the
+# concealment: 20 ms scored the same as 60 ms (PESQ) at a third of the cost.
+_G722_WARMUP = 320
 
 
 class G722Encoder:
@@ -209,7 +208,7 @@ class G722Decoder:
 
     The `g722` module hides the decoder state: it cannot be copied or set, only
     driven by a bitstream. So on loss a fresh encoder is warmed up on the last
-    60 ms of decoded audio and then fed the concealment signal, and the decoder
+    20 ms of decoded audio and then fed the concealment signal, and the decoder
     decodes what it produces (output discarded): step sizes, predictors and
     QMF memory then follow the concealed audio instead of freezing at their
     pre-loss values. The encoder sees audio `delay` (22) samples later than
@@ -228,7 +227,7 @@ class G722Decoder:
     audio returns). porch.bench.media measures them against each other.
     """
 
-    __slots__ = ("_codec", "_history", "_module", "_resync", "_shadow")
+    __slots__ = ("_codec", "_last", "_module", "_resync", "_shadow")
 
     def __init__(self, resync: str = "reencode") -> None:
         import G722
@@ -238,7 +237,7 @@ class G722Decoder:
         self._module = G722
         self._codec = G722.G722(16000, _G722_BITRATE)
         self._resync = resync
-        self._history: list[np.ndarray] = []
+        self._last: np.ndarray | None = None  # the last decoded frame
         self._shadow = None  # encoder tracking the decoder during a loss
 
     def decode(self, payload: bytes) -> np.ndarray:
@@ -246,11 +245,7 @@ class G722Decoder:
             self._shadow = None
             if self._resync == "reset":
                 self._codec = self._module.G722(16000, _G722_BITRATE)
-        out = np.frombuffer(self._codec.decode(payload), dtype=np.int16)
-        history = self._history
-        history.append(out)
-        if len(history) > _G722_HISTORY_FRAMES:
-            del history[0]
+        out = self._last = np.frombuffer(self._codec.decode(payload), dtype=np.int16)
         return out
 
     def conceal(self, pcm: np.ndarray, ahead: np.ndarray | None = None) -> None:
@@ -268,15 +263,15 @@ class G722Decoder:
             ahead = np.zeros(d, dtype=np.int16)
         pcm = np.asarray(pcm, dtype=np.int16)
         shadow = self._shadow = self._module.G722(16000, _G722_BITRATE)
-        if self._history:
-            shadow.encode(np.concatenate(self._history)[-_G722_WARMUP:])
+        if self._last is not None:
+            shadow.encode(self._last[-_G722_WARMUP:])
         shadow.encode(pcm[:d])
         feed = np.concatenate((pcm[d:], np.asarray(ahead[:d], dtype=np.int16)))
         self._codec.decode(shadow.encode(feed))
 
     def reset(self) -> None:
         self._codec = self._module.G722(16000, _G722_BITRATE)
-        self._history = []
+        self._last = None
         self._shadow = None
 
 

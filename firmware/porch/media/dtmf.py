@@ -330,6 +330,7 @@ class ToneDetector:
         self._advance = 2 * np.pi * self.freqs * self.hop / rate  # nominal phase step
         self._buf = np.zeros(0)
         self._prev: np.ndarray | None = None
+        self._idx: dict[int, np.ndarray] = {}
         self._min_power = (DBM0_PEAK * 10 ** (MIN_LEVEL_DBM0 / 20)) ** 2 / 2
         self._run_digit: str | None = None
         self._run = 0
@@ -344,50 +345,86 @@ class ToneDetector:
         count = (len(self._buf) - self.win) // self.hop + 1
         if count <= 0:
             return []
-        idx = np.arange(count)[:, None] * self.hop + np.arange(self.win)[None, :]
+        idx = self._index(count)
         frames = self._buf[idx]
         spectra = frames @ self._basis  # count x 8 complex
-        power = (frames * frames) @ self._w2 / self._w2sum
+        total = (frames * frames) @ self._w2 / self._w2sum
         self._buf = self._buf[count * self.hop :]
+        prev = spectra[:-1]
+        if self._prev is not None:
+            prev = np.vstack((self._prev, prev))
+        elif count > 1:
+            prev = np.vstack((np.zeros((1, 8), complex), prev))
+        else:
+            prev = np.zeros((1, 8), complex)
+        self._prev = spectra[-1]
+        keys = self._classify(spectra, prev, total)
         out: list[Digit | DigitEnd] = []
-        for i in range(count):
-            x = spectra[i]
-            digit = self._classify(x, self._prev, float(power[i]))
-            self._prev = x
+        step = self.hop / self.rate
+        for key in keys:
             t = self._t if now is None else now
-            self._t += self.hop / self.rate
-            out += self._track(digit, t)
+            self._t += step
+            if key is None and self._active is None and self._run_digit is None:
+                continue  # the common case: nothing there, nothing going on
+            out += self._track(key, t)
         return out
 
-    def _classify(self, x: np.ndarray, prev: np.ndarray | None, total: float) -> str | None:
-        if prev is None or total <= 0:
-            return None
+    def _index(self, count: int) -> np.ndarray:
+        idx = self._idx.get(count)
+        if idx is None:
+            idx = np.arange(count)[:, None] * self.hop + np.arange(self.win)[None, :]
+            self._idx[count] = idx
+        return idx
+
+    def _classify(self, x: np.ndarray, prev: np.ndarray, total: np.ndarray) -> list[str | None]:
+        """The digit each window shows, or None; all windows of a block at once."""
+        count = len(x)
+        out: list[str | None] = [None] * count
         powers = 2 * (x.real**2 + x.imag**2) / self._wsum**2
-        found: list[int] = []
-        level: list[float] = []
-        for group in (slice(0, 4), slice(4, 8)):
-            k = group.start + int(np.argmax(powers[group]))
+        lo = np.argmax(powers[:, :4], axis=1)
+        hi = 4 + np.argmax(powers[:, 4:], axis=1)
+        rows = np.arange(count)
+        p_lo, p_hi = powers[rows, lo], powers[rows, hi]
+        # cheap gate first (the window loses at most ~3 dB within tolerance)
+        cand = (
+            (p_lo > 0.5 * self._min_power)
+            & (p_hi > 0.5 * self._min_power)
+            & (p_lo + p_hi > 0.5 * MIN_FRACTION * total)
+            & (np.abs(prev).sum(axis=1) > 0)
+        )
+        if not cand.any():
+            return out
+        r = rows[cand]
+        levels = []
+        nearest = []
+        for k, group in ((lo[cand], self.freqs[:4]), (hi[cand], self.freqs[4:])):
             # frequency from the phase advance since the previous window
-            dphi = np.angle(x[k] * np.conj(prev[k])) - self._advance[k]
+            dphi = np.angle(x[r, k] * np.conj(prev[r, k])) - self._advance[k]
             dphi = (dphi + np.pi) % (2 * np.pi) - np.pi
             f = self.freqs[k] + dphi * self.rate / (2 * np.pi * self.hop)
-            nearest = int(np.argmin(np.abs(self.freqs[group] - f))) + group.start
-            if abs(f / self.freqs[nearest] - 1) > TOLERANCE:
-                return None
+            near = np.argmin(np.abs(f[:, None] - group[None, :]), axis=1)
+            ok = np.abs(f / group[near] - 1) <= TOLERANCE
             # undo the Hann window's loss at this offset from the bin centre
             nu = (f - self.freqs[k]) * self.win / self.rate
-            gain = np.sinc(nu) / (1 - nu * nu) if abs(abs(nu) - 1) > 1e-6 else 0.5
-            p = powers[k] / max(gain * gain, 1e-3)
-            if p < self._min_power:
-                return None
-            found.append(nearest)
-            level.append(p)
-        twist = 10 * np.log10(level[0] / level[1])
-        if not -TWIST_REVERSE_DB <= twist <= TWIST_NORMAL_DB:
-            return None
-        if level[0] + level[1] < MIN_FRACTION * total:
-            return None
-        return KEYPAD[found[0]][found[1] - 4]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = np.where(np.abs(np.abs(nu) - 1) > 1e-6, np.sinc(nu) / (1 - nu * nu), 0.5)
+            level = powers[r, k] / np.maximum(gain * gain, 1e-3)
+            levels.append(np.where(ok, level, 0.0))
+            nearest.append(near)
+        l_lo, l_hi = levels
+        with np.errstate(divide="ignore"):
+            twist = 10 * np.log10(np.maximum(l_lo, 1e-12) / np.maximum(l_hi, 1e-12))
+        good = (
+            (l_lo >= self._min_power)
+            & (l_hi >= self._min_power)
+            & (twist >= -TWIST_REVERSE_DB)
+            & (twist <= TWIST_NORMAL_DB)
+            & (l_lo + l_hi >= MIN_FRACTION * total[r])
+        )
+        for i, row in enumerate(r):
+            if good[i]:
+                out[row] = KEYPAD[nearest[0][i]][nearest[1][i]]
+        return out
 
     def _track(self, digit: str | None, t: float) -> list[Digit | DigitEnd]:
         out: list[Digit | DigitEnd] = []

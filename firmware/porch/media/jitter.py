@@ -45,6 +45,8 @@ JUMP = 1.0  # s of sudden transit change that means a new timeline, not jitter
 RETARGET_EVERY = 5  # packets between percentile updates
 HYSTERESIS = 0.002  # s of excess delay ignored
 FORCE_DROP = 0.100  # s of excess delay that is shed even outside silence
+EPS = 1e-6  # s: timing comparisons tolerate float rounding
+SAFETY = 0.001  # s of slack beyond the target: a packet due exactly at a pull is not late
 QUIET_DBFS = -55.0  # always quiet below this
 LOUD_DBFS = -30.0  # never quiet above this
 
@@ -310,7 +312,7 @@ class Receiver:
     def _produce(self, now: float, need: int) -> None:
         base = self._transit.base
         if self._play_ts is None:
-            if not self._keys or now - (self._keys[0] / self.clock + base) < self.target():
+            if not self._keys or now - (self._keys[0] / self.clock + base) < self.target() + SAFETY:
                 self._emit(np.zeros(need, dtype=np.int16), -1, now, "silence")
                 return
             self._play_ts = self._keys[0]
@@ -338,7 +340,7 @@ class Receiver:
         if later is not None and later - play < self.frame_ticks:
             self._play_ts = later  # timestamps not on our frame grid: follow the sender
             return
-        if slack < self.target():
+        if slack < self.target() + SAFETY:
             # the packet may still come: conceal just what the clock needs, keep the frame
             n = need + (need & 1)  # even, for G.722's sample pairs
             pcm = self.plc.lost(n)
@@ -418,10 +420,10 @@ class Receiver:
         stats = self.stats
         fifo = self._fifo
         delay = slack + (fifo.w - fifo.r) / self.rate
-        target = self.target()
+        target = self.target() + SAFETY
         step = self._pull_dt
         # best delay on our clock grid: the smallest slack >= target, nothing queued
-        best = slack - math.floor((slack - target) / step) * step
+        best = slack - math.floor((slack - target) / step + EPS) * step
         excess = delay - best
         if excess > HYSTERESIS:
             if excess > FORCE_DROP or (quiet if quiet is not None else self._is_quiet(pcm)):

@@ -54,33 +54,48 @@ def find_pitch(h: np.ndarray, pmin: int, pmax: int, corrlen: int) -> int:
 
 
 def lpc(x: np.ndarray, order: int, rate: int) -> np.ndarray:
-    """Prediction polynomial [1, a1..ap] by autocorrelation and Levinson-Durbin,
-    Hann-windowed and lag-windowed, with bandwidth expansion."""
+    """Prediction polynomial [1, a1..ap] from the autocorrelation (Hann-windowed,
+    lag-windowed, a -40 dB noise floor), with bandwidth expansion.
+
+    The normal equations are solved directly: at these orders one small
+    Toeplitz solve costs less than a Levinson recursion in Python."""
     n = len(x)
     xw = x * _hann(n)
-    r = np.array([np.dot(xw[: n - k], xw[k:]) for k in range(order + 1)])
+    r = np.correlate(np.concatenate((xw, np.zeros(order))), xw, mode="valid")
+    a = np.zeros(order + 1)
+    a[0] = 1.0
     if r[0] <= 1e-3:
-        out = np.zeros(order + 1)
-        out[0] = 1.0
-        return out
-    r[0] *= 1.0001  # white-noise floor: keeps the recursion well conditioned
-    r *= np.exp(-0.5 * (2 * np.pi * LAG_WINDOW_HZ / rate * np.arange(order + 1)) ** 2)
-    rr = r.tolist()
-    a = [1.0] + [0.0] * order  # plain floats: faster than numpy at this size
-    err = rr[0]
-    for i in range(1, order + 1):
-        acc = rr[i]
-        for j in range(1, i):
-            acc += a[j] * rr[i - j]
-        k = -acc / err
-        prev = a[:]
-        for j in range(1, i):
-            a[j] = prev[j] + k * prev[i - j]
-        a[i] = k
-        err *= 1 - k * k
-        if err <= 0:
-            break
-    return np.asarray(a) * BANDWIDTH_EXPANSION ** np.arange(order + 1)
+        return a
+    r[0] *= 1.0001  # white-noise floor: keeps the system well conditioned
+    r *= _lag_window(order, rate)
+    toeplitz = r[_toeplitz_index(order)]
+    try:
+        a[1:] = np.linalg.solve(toeplitz, -r[1:])
+    except np.linalg.LinAlgError:
+        return a
+    return a * BANDWIDTH_EXPANSION ** np.arange(order + 1)
+
+
+_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _lag_window(order: int, rate: int) -> np.ndarray:
+    key = ("lag", order, rate)
+    w = _CACHE.get(key)
+    if w is None:
+        w = _CACHE[key] = np.exp(
+            -0.5 * (2 * np.pi * LAG_WINDOW_HZ / rate * np.arange(order + 1)) ** 2
+        )
+    return w
+
+
+def _toeplitz_index(order: int) -> np.ndarray:
+    key = ("toeplitz", order)
+    idx = _CACHE.get(key)
+    if idx is None:
+        i = np.arange(order)
+        idx = _CACHE[key] = np.abs(i[:, None] - i[None, :])
+    return idx
 
 
 _HANN: dict[int, np.ndarray] = {}
@@ -109,7 +124,9 @@ def _extrapolate(h: np.ndarray, a: np.ndarray, p: int, n: int) -> np.ndarray:
     idx = np.arange(m)[:, None] + 1 + np.arange(order)[None, :]
     coef = np.where(idx <= order, a[np.minimum(idx, order)], 0.0)
     exc[:m] -= coef @ h[-1 : -order - 1 : -1]
-    nfft = 1 << (2 * n + 64).bit_length()
+    # room for the output plus the (bandwidth-expanded, so short) tail of the
+    # impulse response before the circular transform wraps around
+    nfft = (n + 640 + 63) // 64 * 64
     return np.fft.irfft(np.fft.rfft(exc, nfft) / np.fft.rfft(a, nfft), nfft)[:n]
 
 
@@ -132,6 +149,7 @@ class Concealer:
         self.lpc_window = self.corrlen + rate // 200  # 25 ms
         self.max_join = self.t_10ms
         self.horizon = rate * MUTE_MS // 1000  # muted after this
+        self._fade = self._gain(np.arange(self.horizon))
         self._keep = 3 * 20 * rate // 1000  # history needed: 60 ms
         # the frames themselves are kept (no copying per frame); 8 cover 60 ms
         # even when an expand has cut some into 10 ms pieces
@@ -221,12 +239,16 @@ class Concealer:
         )
 
     def _continuation(self, t0: int, n: int) -> np.ndarray:
+        """Faded concealment for gap offsets t0..t0+n (zeros once muted)."""
+        if t0 >= self.horizon:
+            return np.zeros(n)
         self._ensure(t0 + n)
-        t = np.arange(t0, t0 + n)
-        syn = np.zeros(n)
-        m = max(0, min(n, len(self._syn) - t0))
-        syn[:m] = self._syn[t0 : t0 + m]
-        return syn * self._gain(t)
+        syn = self._syn[t0 : t0 + n]
+        gain = self._fade[t0 : t0 + n]
+        m = min(len(syn), len(gain))
+        out = np.zeros(n)
+        out[:m] = syn[:m] * gain[:m]
+        return out
 
     def _backward(self, future: np.ndarray, n: int) -> np.ndarray:
         """Extend the next frame backwards in time over the gap."""

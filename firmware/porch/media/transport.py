@@ -4,7 +4,7 @@ Everything above this (packets, jitter buffer, DTMF, RTCP reports) is sans-IO;
 this module only owns the sockets, stamps arrivals with the loop's clock and
 applies symmetric-RTP latching (`rtp.SymmetricLatch`): we send to where the
 far end's valid RTP comes from, and take RTP only from there once latched.
-RTP gets DSCP EF (46) and RTCP CS3-ish AF31 where the OS allows; when it does not
+RTP gets DSCP EF (46) and RTCP AF31 where the OS allows; when it does not
 (some containers) the call goes on and `dscp` says so. No threads.
 """
 
