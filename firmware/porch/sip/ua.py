@@ -156,6 +156,8 @@ class Call:
     direction: Literal["out", "in"]
     media: MediaSession
     session_id: str
+    sdp_host: str = "127.0.0.1"  # our address in SDP (the media socket may be a wildcard)
+    reported: bool = False  # the intercom has been told "calling" (out) or "ringing"/... (in)
     sdp_version: int = 1
     local_sdp: SessionDescription | None = None  # what we last sent (offer or answer)
     pending_offer: SessionDescription | None = None  # our offer awaiting its answer
@@ -224,6 +226,8 @@ class UserAgent:
         self._keepalive_to: tuple[str, tuple[str, int]] | None = None
         self._unregistered = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # A media session bound ahead of time, so that a press sends its INVITE at once.
+        self._spare: MediaSession | None = None
         # Dialogs we hung up before their ACK came: BYE once it does (RFC 3261 15.1.1).
         self._bye_on_ack: dict[DialogId, str] = {}
         self._stopping = False
@@ -239,6 +243,7 @@ class UserAgent:
         self.transport = await self._open_transport(sip.listen_host, sip.listen_port, listeners)
         if self.transport is None:
             return
+        self._spawn(self._refill_spare())
         for hop in (self.registrar_uri, self.backup_uri, self.proxy_uri):
             if hop is not None:
                 self._spawn(self._trust(hop))
@@ -314,6 +319,9 @@ class UserAgent:
                 await asyncio.wait_for(self.transport.stop(), STOP_TRANSPORT_WAIT)
         if self.call is not None:
             self._end_call(self.call, "shutdown")
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
     # ======================================================================================
     # CallPlan (the intercom's side)
@@ -323,32 +331,56 @@ class UserAgent:
         if self.call is not None:
             log.info("call requested while another call is up")
             return
-        self.intercom.call_state("calling")
         if self.transport is None:
+            self.intercom.call_state("calling")
             self._call_failed_early(targets, self.last_error or "SIP is not running")
             return
-        call = Call("out", self._new_media(None), session_id=str(secrets.randbits(31)))
+        media = self._take_media()
+        toward = self._hop_host(targets[0] if targets else None)
+        call = Call(
+            "out",
+            media or self._new_media(),
+            session_id=str(secrets.randbits(31)),
+            sdp_host=self._sdp_host(toward),
+        )
         call.plan = callplan.TargetPlan(list(targets), strategy, ring_timeout)
         self.call = call
-        self._spawn(self._start_outgoing(call, targets))
+        if media is not None:
+            self._begin_outgoing(call)
+        else:
+            self._spawn(self._start_outgoing(call, targets))
 
     async def _start_outgoing(self, call: Call, targets: list[str]) -> None:
+        """No spare media session was ready: bind one first (the INVITE waits for it)."""
         try:
             await call.media.open()
         except OSError as exc:
             if not call.over:
-                self._end_call(call, f"no RTP port: {exc}")
                 for target in targets:
                     self.intercom.events.append(
                         "call_target_failed", target=target, reason=f"no RTP port: {exc}"
                     )
+                self._end_call(call, f"no RTP port: {exc}")
             return
         if call.over or call.plan is None:
             call.media.close()
             return
+        self._begin_outgoing(call)
+
+    def _begin_outgoing(self, call: Call) -> None:
+        assert call.plan is not None
         call.local_sdp = self._offer(call, "sendrecv")
         call.pending_offer = call.local_sdp
         self._plan_actions(call, call.plan.start(self.now()))
+        # SPEC 6: "calling" from the INVITE; telling the intercom (LEDs, event log) after the
+        # INVITE is on the wire keeps that work out of the button-to-INVITE path.
+        if not call.over:
+            self._report_calling(call)
+
+    def _report_calling(self, call: Call) -> None:
+        if not call.reported:
+            call.reported = True
+            self.intercom.call_state("calling")
 
     def hang_up(self, reason: str) -> None:
         self._hang_up(reason)
@@ -668,15 +700,26 @@ class UserAgent:
             raise LocateError(f"not a SIP URI: {target!r}")
         return uri
 
-    def _media_host(self, toward: str | None) -> str:
+    def _sdp_host(self, toward: str | None) -> str:
+        """Our address in SDP: the listen address, or (listening on a wildcard) the local
+        address that leads toward the peer."""
+        host = self.cfg.sip.listen_host
+        if host not in ("0.0.0.0", "::", ""):
+            return host
         assert self.transport is not None
         return self.transport.sent_by(self.transport_name, toward)[0].strip("[]")
 
-    def _new_media(self, toward: str | None) -> MediaSession:
-        """The media session of a new call, not yet bound (`await open()`)."""
-        host = self.cfg.sip.listen_host
-        if host in ("0.0.0.0", "::", ""):
-            host = self._media_host(toward)
+    def _hop_host(self, target: str | None) -> str | None:
+        hop = self.proxy_uri or self.registrar_uri
+        if hop is not None:
+            return hop.host
+        try:
+            return self._target_uri(target).host if target else None
+        except (LocateError, RemoteProtocolError):
+            return None
+
+    def _new_media(self) -> MediaSession:
+        """A media session on the SIP listen address, not yet bound (`await open()`)."""
         audio = self.cfg.audio
         source = Path(audio.capture) if audio.capture.endswith(".wav") else None
         sink = None
@@ -685,7 +728,7 @@ class UserAgent:
         elif self.sim and self.state_dir is not None:
             sink = self.state_dir / "sim-last-call.wav"
         return self._media_factory(
-            host,
+            self.cfg.sip.listen_host,
             on_dtmf=self._media_digit,
             source=source,
             sink=sink,
@@ -693,9 +736,31 @@ class UserAgent:
             local_event_pt=TELEPHONE_EVENT_PT,
         )
 
+    def _take_media(self) -> MediaSession | None:
+        """The spare media session (bound, ready for SDP) if there is one; a new spare is
+        bound in the background."""
+        media, self._spare = self._spare, None
+        if not self._stopping:
+            self._spawn(self._refill_spare())
+        return media
+
+    async def _refill_spare(self) -> None:
+        if self._spare is not None:
+            return
+        media = self._new_media()
+        try:
+            await media.open()
+        except OSError as exc:
+            log.warning("cannot bind a media port ahead of time: %s", exc)
+            return
+        if self._stopping or self._spare is not None:
+            media.close()
+            return
+        self._spare = media
+
     def _offer(self, call: Call, direction: str) -> SessionDescription:
         return build_offer(
-            host=call.media.host,
+            host=call.sdp_host,
             port=call.media.port,
             session_id=call.session_id,
             session_version=call.sdp_version,
@@ -711,7 +776,7 @@ class UserAgent:
             call.sdp_version += 1
         return answer(
             offer,
-            host=call.media.host,
+            host=call.sdp_host,
             port=call.media.port,
             session_id=call.session_id,
             session_version=call.sdp_version,
@@ -1010,10 +1075,12 @@ class UserAgent:
         except RemoteProtocolError as exc:
             self._reply(ev.key, req, exc.status, exc.reason)
             return
+        media = self._take_media()
         call = Call(
             "in",
-            self._new_media(source.host if source else None),
+            media or self._new_media(),
             session_id=str(secrets.randbits(31)),
+            sdp_host=self._sdp_host(source.host if source else None),
             peer=peer,
         )
         call.invite = req
@@ -1021,25 +1088,38 @@ class UserAgent:
         call.peer_allow = req.allow
         self.call = call  # busy from now on
         log.info("answering call from %s (%s)", peer, verdict.reason)
-        self._spawn(self._answer_incoming(call, offer, source))
+        if media is not None:
+            self._answer_incoming(call, offer, source)
+        else:
+            self._spawn(self._open_and_answer(call, offer, source))
 
-    async def _answer_incoming(
+    async def _open_and_answer(
         self, call: Call, offer: SessionDescription | None, source: Source | None
     ) -> None:
-        req = call.invite
-        key = call.server_key
-        assert req is not None and key is not None
+        """No spare media session was ready: bind one, then answer."""
+        assert call.invite is not None and call.server_key is not None
         try:
             await call.media.open()
         except OSError as exc:
             log.error("no RTP port for an incoming call: %s", exc)
             if not call.over:
-                self._reply(key, req, 500, "No Media Port", headers=[("Retry-After", "5")])
+                self._reply(
+                    call.server_key, call.invite, 500, "No Media Port",
+                    headers=[("Retry-After", "5")],
+                )  # fmt: skip
                 self._end_call(call, f"no RTP port: {exc}")
             return
         if call.over:  # cancelled meanwhile
             call.media.close()
             return
+        self._answer_incoming(call, offer, source)
+
+    def _answer_incoming(
+        self, call: Call, offer: SessionDescription | None, source: Source | None
+    ) -> None:
+        req = call.invite
+        key = call.server_key
+        assert req is not None and key is not None
         try:
             if offer is not None:
                 call.local_sdp, call.audio = self._answer(call, offer)
@@ -1633,6 +1713,8 @@ class UserAgent:
             self.dialogs.remove(call.dialog)
         if self.call is call:
             self.call = None
+        if call.direction == "out":
+            self._report_calling(call)  # the log shows the attempt even if nothing was sent
         self.intercom.call_state("idle", reason=reason)
 
 
