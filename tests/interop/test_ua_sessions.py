@@ -122,6 +122,70 @@ CODEC_CHANGE_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
+LATE_OFFER_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAC: INVITE without SDP, answer in the ACK">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="a=rtpmap:8 PCMA/8000" search_in="body" check_it="true" assign_to="offer"/>
+      <log message="OFFER in 200 has [$offer]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 8 101
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+    ]]>
+  </send>
+  <pause milliseconds="500"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
 @pytest.fixture(scope="module")
 def door(tmp_path_factory) -> Porch:
     port = free_port()
@@ -183,6 +247,20 @@ def test_reoffer_changes_the_codec(peer_set: PeerSet, idle_door, tmp_path):
     assert result.log_lines("REOFFER answer pt=8"), result.report()
     media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
     assert media and media[-1]["codec"] == "PCMA", media
+
+
+def test_invite_without_sdp_gets_an_offer_and_the_ack_answers(
+    peer_set: PeerSet, idle_door, tmp_path
+):
+    seq = idle_door.last_seq()
+    scenario = tmp_path / "uac_late_offer.xml"
+    scenario.write_text(LATE_OFFER_UAC)
+    result = peer_set.sipp.run(scenario, idle_door.extra["address"], service="door", timeout=15)
+    assert result.ok, result.report()
+    assert result.log_lines("OFFER in 200 has a=rtpmap:8 PCMA/8000"), result.report()
+    media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
+    # porch offered its codecs (G.722 first); the answer in the ACK chose PCMA
+    assert media and media[-1]["codec"] == "PCMA" and media[-1]["sent"] > 5, media
 
 
 def test_session_timer_asked_by_the_caller(peer_set: PeerSet, idle_door):
