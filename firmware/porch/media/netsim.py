@@ -23,8 +23,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported when a simulation runs, not when the CLI is built
+    import numpy as np
 
 PTIME = 0.020
 TICK = 0.010  # play clock period (an ALSA period)
@@ -54,6 +56,8 @@ def loss_pattern(n: int, loss: float, burst: float | None, rng: np.random.Genera
     chain that loses every packet in the bad state: entering it with
     probability p / (B (1 - p)) and leaving with 1 / B gives loss rate p and
     mean burst length B."""
+    import numpy as np
+
     if loss <= 0:
         return np.zeros(n, dtype=bool)
     if burst is None or burst <= 1:
@@ -84,6 +88,8 @@ def read_trace(path: Path) -> list[float]:
 
 def arrivals(n: int, imp: Impairment) -> np.ndarray:
     """Arrival time of each packet (s), nan when lost. Packet i is sent at i * 20 ms."""
+    import numpy as np
+
     # separate streams: the same seed loses the same packets whatever the jitter
     send = np.arange(n) * PTIME
     jitter_rng = np.random.default_rng([imp.seed, 1])
@@ -111,6 +117,8 @@ def simulate(
     tick: float = TICK,
 ) -> Result:
     """Run IN through encoder, network and receiver; OUT aligned with IN."""
+    import numpy as np
+
     from porch.media.codecs import get_codec
     from porch.media.jitter import Receiver
     from porch.media.resample import resample
@@ -242,6 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     import wave
 
+    import numpy as np
+
     try:
         with wave.open(str(path), "rb") as w:
             if w.getnchannels() != 1 or w.getsampwidth() != 2:
@@ -255,6 +265,8 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
     import wave
+
+    import numpy as np
 
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
