@@ -334,11 +334,11 @@ class Receiver:
                 self._keys.remove(k)
                 self._entries.pop(k, None)
             later = self._keys[0] if self._keys else None
-        if self._cn_level is not None:
-            self._comfort_noise(play, self.frame, now)  # silence suppression, not loss
-            return
         if later is not None and later - play < self.frame_ticks:
             self._play_ts = later  # timestamps not on our frame grid: follow the sender
+            return
+        if self._cn_level is not None:
+            self._comfort_noise(play, self.frame, now)  # silence suppression, not loss
             return
         if slack < self.target() + SAFETY:
             # the packet may still come: conceal just what the clock needs, keep the frame

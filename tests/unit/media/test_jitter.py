@@ -188,6 +188,7 @@ def test_comfort_noise_fills_silence_then_talkspurt_resumes():
     for j, p in enumerate(pk[40:]):
         p.sequence = 21 + j
         p.marker = j == 0
+        p.timestamp += 37  # the talkspurt need not start on the old frame grid
         arrivals.append((0.8 + 0.02 * j, p))
     rx = Receiver(get_codec("PCMU"), trace=True)
     y = run(rx, arrivals, 1.5)
