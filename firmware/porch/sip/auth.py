@@ -263,8 +263,10 @@ class DigestClient:
     `respond(request, response)` returns the header fields to add to a copy of `request`
     (with a new CSeq and branch, which is the UA's business). `authorize(request)` gives
     credentials for a later request from the last challenge of each realm (nc counts up),
-    so re-REGISTERs need no extra round trip. `cnonce` makes the client deterministic in
-    tests; `prefer_auth_int` picks qop=auth-int when a server offers both.
+    so re-REGISTERs need no extra round trip; if the server has meanwhile dropped that
+    nonce, its new challenge is answered once more even without stale=true. `cnonce` makes
+    the client deterministic in tests; `prefer_auth_int` picks qop=auth-int when a server
+    offers both.
     """
 
     def __init__(
@@ -340,7 +342,12 @@ class DigestClient:
                 creds = parse_credentials(value)
             except RemoteProtocolError:
                 continue
-            if creds.username == self.username or creds.userhash:
+            # Only an answer to a fresh challenge (nc 1, or no qop) proves the password wrong.
+            # Credentials re-used from an older challenge (nc > 1) may just have met a nonce the
+            # server let expire without saying stale=true: that earns one fresh try.
+            if (creds.username == self.username or creds.userhash) and (
+                creds.nc is None or creds.nc == 1
+            ):
                 realms.add(creds.realm)
         return realms
 

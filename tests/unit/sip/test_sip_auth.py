@@ -326,3 +326,25 @@ def test_server_rejects_unknown_users_and_foreign_realms() -> None:
     assert server.verify(signed, now=1.0).reason == "unknown user"
     other = DigestServer("elsewhere", {"door": "pw"})
     assert other.verify(signed, now=1.0).reason == "no credentials for this realm"
+
+
+def test_expired_nonce_without_stale_flag_gets_one_more_try() -> None:
+    # Some servers re-challenge an expired nonce without stale=true. Credentials re-used from
+    # the cache (nc > 1) earn one fresh answer; a refusal of that fresh answer is final.
+    server = DigestServer("r", {"door": "pw"}, nonce=nonces(), nonce_lifetime=10)
+    client = DigestClient("door", "pw", cnonce=cnonces())
+    first = register(1)
+    challenge = server.check(first, now=0.0)
+    assert challenge is not None
+    second = retry(first, client.respond(first, wire(challenge)))
+    assert server.check(second, now=1.0) is None
+    later = retry(second, client.authorize(second))  # nc=2 on the old nonce
+    rechallenge = make_response(
+        later, 401, headers=[("WWW-Authenticate", 'Digest realm="r", nonce="fresh", qop="auth"')]
+    )
+    fresh = retry(later, client.respond(later, wire(rechallenge)))
+    assert client.failures == 0
+    creds = parse_credentials(fresh.headers.get("Authorization") or "")
+    assert (creds.nonce, creds.nc) == ("fresh", 1)
+    with pytest.raises(AuthenticationFailed):
+        client.respond(fresh, wire(rechallenge))
