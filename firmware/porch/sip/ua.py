@@ -265,7 +265,6 @@ class UserAgent:
                 transports=listeners,
                 on_message=self._on_message,
                 on_bad_input=self._on_bad_input,
-                on_public_address=self._on_public_address,
                 on_flow_failed=self._on_flow_failed,
                 tls_ca=self.cfg.sip.tls_ca or None,
             )
@@ -899,12 +898,11 @@ class UserAgent:
         self.transport.stop_keepalive(destination, transport) if self.transport else None
         self._registration_actions(reg.start(self.now()))
 
-    def _on_public_address(self, transport: str, address: tuple[str, int]) -> None:
-        self._public_address(transport, address)
-
     def _public_address(self, transport: str, address: tuple[str, int]) -> None:
-        """The registrar sees us at `address` (NAT): register that as our Contact (UDP only:
-        a stream's port belongs to one connection, which the registrar reuses anyway)."""
+        """The registrar (a REGISTER response of ours) or STUN says we are seen at `address`
+        (NAT): register that as our Contact. UDP only: a stream's port belongs to one
+        connection, which the registrar reuses anyway. (The transport's own report, which
+        any response can trigger, even one matching no request of ours, is not used.)"""
         if transport != "udp" or self.transport_name != "udp" or self.registration is None:
             return
         if self.public == address:
@@ -944,6 +942,7 @@ class UserAgent:
             log.warning("STUN %s failed: %s", sip.stun_server, exc)
             return
         log.info("STUN: public address %s:%s", *address)
+        self._public_address("udp", address)
 
     # ======================================================================================
     # requests in
