@@ -10,8 +10,10 @@ actions out, timers on the loop, and reports to the intercom (`call_state`,
 `registration_changed`, `dtmf`, `info_unlock`).
 
 Shape of a call:
-- out: `place_call` opens the media session, builds one SDP offer and lets `TargetPlan`
-  dial; each dialled target is a `Leg` (its INVITE, its early dialogs, one digest retry).
+- out: `place_call` takes the media session bound ahead of time (so the INVITE leaves in
+  the same loop turn as the button event; a new spare is bound in the background), builds
+  one SDP offer and lets `TargetPlan` dial; each dialled target is a `Leg` (its INVITE, its
+  early dialogs, one digest retry). "calling" is reported once the first INVITE is out.
   The first 2xx wins; the other legs are cancelled, and any 2xx that still comes is ACKed
   and hung up at once.
 - in: an INVITE passes validation, the caller policy and the busy check, gets its answer
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
@@ -388,16 +391,6 @@ class UserAgent:
         call = self.call
         if call is not None and call.connected:
             call.media.feedback(kind)
-
-    def status(self) -> dict[str, Any]:
-        """Details for logs and tests (not part of /api/status)."""
-        reg = self.registration
-        return {
-            "listen": self.transport.ports if self.transport else {},
-            "registrar": str(reg.registrar) if reg else None,
-            "on_backup": reg.on_backup if reg else False,
-            "call": None if self.call is None else self.call.direction,
-        }
 
     # ======================================================================================
     # the loop: transport in, transaction layer, actions out
@@ -895,7 +888,8 @@ class UserAgent:
             return  # already retrying (with its backoff and failover): leave it to that
         log.warning("keepalive to the registrar failed (%s): registering again", reason)
         self._keepalive_to = None
-        self.transport.stop_keepalive(destination, transport) if self.transport else None
+        if self.transport is not None:
+            self.transport.stop_keepalive(destination, transport)
         self._registration_actions(reg.start(self.now()))
 
     def _public_address(self, transport: str, address: tuple[str, int]) -> None:
@@ -1373,6 +1367,9 @@ class UserAgent:
             self._plan_actions(call, call.plan.on_failed(index, reason, self.now()))
 
     def _leg_event(self, call: Call, leg: Leg, event: Any) -> None:
+        if leg.cancelled and not isinstance(event, ResponseReceived):
+            leg.done = True  # a cancelled INVITE that never got an answer: nothing to report
+            return
         if isinstance(event, LocateFailed):
             self._leg_failed(call, leg.index, leg.target, f"cannot reach: {event.reason}")
         elif isinstance(event, TransactionTimeout):
@@ -1676,8 +1673,9 @@ class UserAgent:
         if dialog.terminated:
             return
         try:
+            text = reason.replace("\\", "/").replace('"', "'")
             bye = dialog.create_request(
-                "BYE", via=PLACEHOLDER_VIA, headers=[("Reason", f'SIP;cause=200;text="{reason}"')]
+                "BYE", via=PLACEHOLDER_VIA, headers=[("Reason", f'SIP;cause=200;text="{text}"')]
             )
         except LocalProtocolError:
             return
@@ -1798,8 +1796,6 @@ def _first_line(data: bytes) -> str:
 
 
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
