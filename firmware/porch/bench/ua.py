@@ -99,6 +99,8 @@ class _Phone:
         self.call_id = f"bench-{time.monotonic_ns()}@127.0.0.1"
         self.cseq = 1
         self.branch = 0
+        self._from = self._to = ""
+        self._target: Any = None
 
     def via(self) -> str:
         self.branch += 1
@@ -113,6 +115,27 @@ class _Phone:
             msg = parse_datagram(data)
             if want(msg):
                 return msg, arrived
+
+    def answered(self, invite: Request, ok: Response) -> None:
+        """Remember the dialog the door's 200 set up (its To tag and Contact)."""
+        self._from = invite.headers.get("from") or ""
+        self._to = ok.headers.get("to") or ""
+        self._target = ok.contact[0].uri
+
+    def in_dialog(self, method: str, *, new_cseq: bool = True, **kw: Any) -> Request:
+        """A request in the answered call (ACK keeps the INVITE's CSeq)."""
+        if new_cseq:
+            self.cseq += 1
+        return build_request(
+            method,
+            self._target,
+            via=self.via(),
+            from_=self._from,
+            to=self._to,
+            call_id=self.call_id,
+            cseq=self.cseq,
+            **kw,
+        )
 
     def send(self, message: Request | Response, to: tuple[str, int]) -> None:
         self.sock.sendto(message.to_bytes(), to)
@@ -209,32 +232,10 @@ def _measure_firmware(tmp: Path, presses: int, infos: int) -> tuple[list[float],
         phone.send(invite, door_sip)
         ok, _ = phone.recv(_is_final("INVITE"))
         assert isinstance(ok, Response) and ok.status == 200, ok
-        to = ok.headers.get("to")
-        phone.send(
-            build_request(
-                "ACK",
-                ok.contact[0].uri,
-                via=phone.via(),
-                from_=invite.headers.get("from") or "",
-                to=to or "",
-                call_id=phone.call_id,
-                cseq=phone.cseq,
-            ),
-            door_sip,
-        )
+        phone.answered(invite, ok)
+        phone.send(phone.in_dialog("ACK", new_cseq=False), door_sip)
         for _ in range(infos):
-            phone.cseq += 1
-            info = build_request(
-                "INFO",
-                ok.contact[0].uri,
-                via=phone.via(),
-                from_=invite.headers.get("from") or "",
-                to=to or "",
-                call_id=phone.call_id,
-                cseq=phone.cseq,
-                body=b"unlock",
-                content_type="text/plain",
-            )
+            info = phone.in_dialog("INFO", body=b"unlock", content_type="text/plain")
             relay_event.clear()
             t0 = time.perf_counter()
             phone.send(info, door_sip)
@@ -244,19 +245,7 @@ def _measure_firmware(tmp: Path, presses: int, infos: int) -> tuple[list[float],
             answer, _ = phone.recv(_is_final("INFO"))
             assert isinstance(answer, Response) and answer.status == 200, answer
             _wait(lambda: not app.door.relay.active, PULSE + 2)
-        phone.cseq += 1
-        phone.send(
-            build_request(
-                "BYE",
-                ok.contact[0].uri,
-                via=phone.via(),
-                from_=invite.headers.get("from") or "",
-                to=to or "",
-                call_id=phone.call_id,
-                cseq=phone.cseq,
-            ),
-            door_sip,
-        )
+        phone.send(phone.in_dialog("BYE"), door_sip)
         phone.recv(_is_final("BYE"))
     finally:
         firmware.stop()
