@@ -63,7 +63,13 @@ def _add_tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(with_tools=bool(argv) and argv[0] == "tools")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "tool_missing", False):
+        # Say plainly that the tool is not built, whatever options were given.
+        print(f"porch tools {args.tool}: not available in this build yet", file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         from porch.app import run_from_cli
 
@@ -77,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return passwd_cli(args.state_dir)
     if args.command == "tools":
-        if getattr(args, "tool_missing", False):
-            print(f"porch tools {args.tool}: not available in this build", file=sys.stderr)
-            return 2
         return importlib.import_module(args.tool_module).run(args)
     if args.command == "bench":
         from porch.bench.runner import main as bench_main
