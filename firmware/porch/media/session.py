@@ -167,6 +167,7 @@ class MediaSession:
         self.detector: dtmf.ToneDetector | None = None
         self.digits: list[tuple[str, str]] = []  # (digit, source) heard in this call
         self.frames_sent = 0
+        self.frames_heard = 0  # 20 ms frames taken from the receive chain (played)
         self._tone: np.ndarray | None = None  # feedback tone still to play
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -324,6 +325,7 @@ class MediaSession:
         else:
             self.sender.skip(stream.ticks)
         heard = receiver.pull(now, n)
+        self.frames_heard += 1
         if self._sink is not None:
             self._sink.write(heard, rate)
         if self.detector is not None and receiver.stats.packets:
