@@ -17,8 +17,8 @@ Shape of a call:
   The first 2xx wins; the other legs are cancelled, and any 2xx that still comes is ACKed
   and hung up at once.
 - in: an INVITE passes validation, the caller policy and the busy check, gets its answer
-  (SDP, session timer), a 180 (reliable when the caller requires 100rel; the 200 then
-  waits for the PRACK) and the 200.
+  (SDP, session timer) and the 200 at once, or, when the caller requires 100rel, a
+  reliable 180 first and the 200 after its PRACK.
 - connected: BYE either way, INFO digits and unlock, re-INVITE/UPDATE (hold, resume, codec
   change, session refresh), call.max_duration and session-timer expiry end it with BYE.
 """
@@ -1144,7 +1144,8 @@ class UserAgent:
             call.awaiting_prack = True
             self.intercom.call_state("ringing", call.peer)
             return
-        self._reply(key, req, 180, dialog=dialog)
+        # No 180 first: the door answers at once, and a 180 right before the 200 can arrive
+        # after it when a multi-process proxy relays the two.
         self._send_answer(call)
 
     def _send_answer(self, call: Call) -> None:
