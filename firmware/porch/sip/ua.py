@@ -160,7 +160,7 @@ class Call:
     media: MediaSession
     session_id: str
     sdp_host: str = "127.0.0.1"  # our address in SDP (the media socket may be a wildcard)
-    reported: bool = False  # the intercom has been told "calling" (out) or "ringing"/... (in)
+    reported: bool = False  # out: the intercom has been told "calling"
     sdp_version: int = 1
     local_sdp: SessionDescription | None = None  # what we last sent (offer or answer)
     pending_offer: SessionDescription | None = None  # our offer awaiting its answer
@@ -180,7 +180,6 @@ class Call:
     server_key: ServerKey | None = None
     answer_headers: list[tuple[str, str]] = field(default_factory=list)  # RFC 4028, in 200
     awaiting_prack: bool = False  # the 200 waits for the PRACK of our reliable 180
-    refreshing: bool = False
 
 
 class UserAgent:
@@ -1602,7 +1601,6 @@ class UserAgent:
                 self._arm_session_timer(call)
                 return
             call.pending_offer = call.local_sdp
-        call.refreshing = True
         # Until the answer comes, do not refresh again.
         call.timer.refreshed(self.now())
         self._arm_session_timer(call)
@@ -1622,8 +1620,14 @@ class UserAgent:
             if request.method == "INVITE" and 200 <= response.status < 300:
                 ack = dialog.create_ack(request.cseq.number, via=PLACEHOLDER_VIA)
                 self._send_ack(ack)
-                call.pending_offer = None
-            call.refreshing = False
+                offer, call.pending_offer = call.pending_offer, None
+                if offer is not None and response.body:
+                    try:
+                        self._media(
+                            call, process_answer(offer, SessionDescription.parse(response.body))
+                        )
+                    except RemoteProtocolError as exc:
+                        log.warning("unusable answer to our re-INVITE: %s", exc)
             if 200 <= response.status < 300:
                 with contextlib.suppress(RemoteProtocolError):
                     timer = timer_from_response(response, self.now())
