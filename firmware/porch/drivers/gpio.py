@@ -93,10 +93,17 @@ class RelayGuard:
             if self._on_since is None:
                 self._on_since = now
                 self._cap_deadline = now + seconds + RELAY_CAP_MARGIN
-                self._cap_timer = threading.Timer(seconds + RELAY_CAP_MARGIN, self._cap_expired)
-                self._cap_timer.daemon = True
-                self._cap_timer.start()
-                self._device.on()
+                self._device.on()  # first: the door opens without waiting for a thread start
+                try:
+                    self._cap_timer = threading.Timer(seconds + RELAY_CAP_MARGIN, self._cap_expired)
+                    self._cap_timer.daemon = True
+                    self._cap_timer.start()
+                except BaseException:
+                    # no hard cap, no pulse: a door must never stay open unguarded
+                    self._device.off()
+                    self._on_since = None
+                    self._cap_timer = None
+                    raise
                 changed = True
             else:
                 changed = False

@@ -174,3 +174,22 @@ def test_unfitted_inputs_and_leds_are_skipped():
 
     outputs = run(main())
     assert outputs["tamper_input"] is False and outputs["led_call"] is False
+
+
+def test_relay_drops_when_its_cap_timer_cannot_start(monkeypatch):
+    import porch.drivers.gpio as gpio
+
+    class NoThreads:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("can't start new thread")
+
+    async def main():
+        door = make(asyncio.get_running_loop())
+        monkeypatch.setattr(gpio.threading, "Timer", NoThreads)
+        with pytest.raises(RuntimeError):
+            door.pulse_relay(1.0)
+        state = door.relay.active, door.sim_pin("relay").state
+        door.close()
+        return state
+
+    assert run(main()) == (False, False)
