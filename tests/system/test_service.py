@@ -116,3 +116,35 @@ def test_make_run_answers_status_within_10s():
     # Ctrl-C reaches make too, which then reports the interrupt itself; porch must stop cleanly.
     assert proc.returncode in (0, -signal.SIGINT), text
     assert "stopping" in text and "Traceback" not in text, text
+
+
+def test_sip_port_in_use_falls_back_to_a_free_port_and_says_so(tmp_path):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    taken = busy.getsockname()[1]
+    porch = start_porch(tmp_path, {"sip": {"listen": f"127.0.0.1:{taken}"}})
+    try:
+        porch.setup()
+        event = porch.wait_event("sip_listen_fallback")
+        assert event["port"] != taken and str(taken) in event["reason"]
+        # the fallback port really answers SIP
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.settimeout(5)
+        probe.bind(("127.0.0.1", 0))
+        me = probe.getsockname()[1]
+        options = (
+            f"OPTIONS sip:door@127.0.0.1:{event['port']} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKfallback1;rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\n"
+            f"To: <sip:door@127.0.0.1:{event['port']}>\r\nCall-ID: fallback-1\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        probe.sendto(options.encode(), ("127.0.0.1", event["port"]))
+        answer = probe.recv(65535).decode()
+        probe.close()
+        assert answer.startswith("SIP/2.0 200"), answer
+        assert "trying a free port" in porch.log()
+    finally:
+        code, _ = porch.stop()
+        busy.close()
+    assert code == 0
