@@ -134,11 +134,15 @@ class SendRegister:
 
 @dataclass(frozen=True)
 class StatusChanged:
+    """The state as /api/status shows it, and the registrar it is about: the one that
+    answered (or failed to), which is not always the one the next REGISTER goes to."""
+
     state: RegState
     registrar: SipUri
     reason: FailReason | None = None
     detail: str = ""
     expires: int | None = None  # granted interval, when registered
+    backup: bool = False  # `registrar` is sip.backup_registrar
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,7 @@ class Registration:
             else None
         )
         self.active = self.main
+        self._shown = self.main  # the binding the reported state is about
         self.state = RegState.DISABLED
         self.reason: FailReason | None = None
         self.detail = ""
@@ -279,19 +284,27 @@ class Registration:
         reason: FailReason | None = None,
         detail: str = "",
         *,
+        about: Binding | None = None,
         force: bool = False,
     ) -> list[Action]:
-        changed = (state, reason, detail) != (self.state, self.reason, self.detail)
-        self.state, self.reason, self.detail = state, reason, detail
+        """Report `state` of the binding `about` (default: the active one)."""
+        about = about or self.active
+        changed = about is not self._shown or (state, reason, detail) != (
+            self.state,
+            self.reason,
+            self.detail,
+        )
+        self.state, self.reason, self.detail, self._shown = state, reason, detail, about
         if not (changed or force):
             return []
         return [
             StatusChanged(
                 state,
-                self.active.registrar,
+                about.registrar,
                 reason,
                 detail,
                 self.granted if state is RegState.REGISTERED else None,
+                backup=about is self.backup,
             )
         ]
 
@@ -379,7 +392,8 @@ class Registration:
             self._expiry_at = None
             if self.state is RegState.REGISTERED:
                 reason, detail = self.last_error or (FailReason.TIMEOUT, "")
-                out += self._set(RegState.FAILED, reason, f"registration expired ({detail})")
+                detail = f"registration expired ({detail})"
+                out += self._set(RegState.FAILED, reason, detail, about=self._shown)
         if self._probe_at is not None and self._probe_at <= now:
             self._probe_at = None
             if self.on_backup and self.main.outstanding is None:
@@ -555,7 +569,7 @@ class Registration:
         if self.on_backup and self._probe_at is None:
             self._probe_at = now + self.policy.return_after
         force = purpose in ("register", "probe")
-        out = self._set(RegState.REGISTERED, force=force) + out
+        out = self._set(RegState.REGISTERED, about=b, force=force) + out
         if self._contact_changed:
             self._contact_changed = False
             out += self._send(self.active, "contact-change", now)
@@ -611,14 +625,15 @@ class Registration:
             b.expires_at = None
             self._expiry_at = None
             self._refresh_at = None
-            out += self._set(RegState.FAILED, reason, detail)
+            out += self._set(RegState.FAILED, reason, detail, about=b)
         other = self._other(b)
         if other is not None and self.failures >= self.policy.failover_after:
+            # The status stays about `b` (still registered there, or failed there) until
+            # `other` answers: "registered" at the backup only once it accepted us.
             self.active = other
             self.failures = 0
             self._retry_at = now
             self._probe_at = None
-            out += self._set(self.state, self.reason, self.detail, force=True)
             return out
         delay = retry_after if retry_after is not None else self._backoff()
         self._retry_at = now + delay

@@ -815,9 +815,7 @@ class UserAgent:
             self._registration_actions(self.registration.on_timer(max(self.now(), due)))
 
     def _registration_status(self, change: StatusChanged) -> None:
-        reg = self.registration
-        assert reg is not None
-        where = str(change.registrar) + (" (backup)" if reg.on_backup else "")
+        where = str(change.registrar) + (" (backup)" if change.backup else "")
         if change.state is RegState.REGISTERED:
             text = f"registered at {where} for {change.expires} s"
             log.info("%s", text)

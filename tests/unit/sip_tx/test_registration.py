@@ -343,6 +343,36 @@ def test_failover_to_backup_and_back_to_main():
     assert regs == [BACKUP, MAIN]
 
 
+def test_failover_while_the_main_binding_is_held_says_registered_at_the_backup_only_after_2xx():
+    main = Registrar()
+    registrars = {"pbx.example.com": main, "pbx2.example.com": None}
+    reg = make(backup=BACKUP, expires=3600, policy=RetryPolicy(failover_after=2))
+    h = Harness(reg, registrars)
+    h.pump(h.reg.start(0.0))
+    registrars["pbx.example.com"] = None  # main goes away while our 3600 s binding holds
+    # The refresh at 3240 times out at 3272, the retry a few seconds later times out too:
+    # the REGISTER goes to the backup, which is down as well for now.
+    h.advance(3320)
+    assert any(s.registrar == BACKUP for s in h.sent)
+    assert h.reg.state is RegState.REGISTERED  # the main binding presumably still holds
+    shown = [e for e in h.events if isinstance(e, StatusChanged)]
+    assert [(e.state, e.registrar, e.backup) for e in shown] == [
+        (RegState.REGISTERING, MAIN, False),
+        (RegState.REGISTERED, MAIN, False),
+    ]
+    h.advance(3345)  # that REGISTER timed out: failed there, and said so
+    assert [(e.state, e.registrar, e.backup) for e in h.events[len(shown) :]] == [
+        (RegState.FAILED, BACKUP, True)
+    ]
+    backup = Registrar()
+    registrars["pbx2.example.com"] = backup
+    h.advance(3500)
+    assert list(backup.bindings) == ["sip:door@192.168.1.20:5060"]
+    last = h.events[-1]
+    assert (last.state, last.registrar, last.backup) == (RegState.REGISTERED, BACKUP, True)
+    assert [e.state for e in h.events].count(RegState.REGISTERED) == 2  # main, then backup
+
+
 def test_refresh_failure_keeps_registered_until_the_binding_lapses():
     registrar = Registrar()
     registrars = {"pbx.example.com": registrar}
