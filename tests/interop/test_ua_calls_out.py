@@ -7,9 +7,21 @@ logs (baresip events, SIPp <log> lines and message traces).
 from __future__ import annotations
 
 import pytest
-from peers import Kamailio, PeerSet, free_port, wait_until
+from peers import Kamailio, PeerSet, wait_until
 from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
-from porch_harness import Porch, start_porch
+from porch_harness import Porch
+from porch_interop import (
+    call_states,
+    events,
+    fixture_kam,  # noqa: F401
+    fixture_run_porch,  # noqa: F401
+    outputs,
+    press,
+    registered_at,
+    scenario_file,
+    wait_call,
+    wait_registration,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -35,74 +47,23 @@ REDIRECT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-@pytest.fixture(scope="module")
-def kam(module_peer_set: PeerSet) -> Kamailio:
-    return module_peer_set.kamailio(tls=False)
-
-
-@pytest.fixture
-def run_porch(tmp_path):
-    started: list[Porch] = []
-
-    def run(sections: dict) -> Porch:
-        folder = tmp_path / f"porch{len(started)}"
-        folder.mkdir()
-        sections = {k: dict(v) for k, v in sections.items()}
-        sections.setdefault("sip", {}).setdefault("listen", f"127.0.0.1:{free_port()}")
-        porch = start_porch(folder, sections)
-        started.append(porch)
-        porch.setup()
-        return porch
-
-    yield run
-    for porch in started:
-        if porch.proc.poll() is None:
-            porch.proc.kill()
-            porch.proc.wait()
-
-
-def status(porch: Porch) -> dict:
-    return porch.request("GET", "/api/status")[1]
-
-
-def events(porch: Porch, kind: str | None = None) -> list[dict]:
-    body = porch.request("GET", "/api/events?since=0&limit=1000")[1]
-    return [e for e in body["events"] if kind is None or e["type"] == kind]
-
-
-def wait_call(porch: Porch, state: str, timeout: float = 10.0) -> dict:
-    found = wait_until(lambda: (s := status(porch))["call"] == state and s, timeout)
-    assert found, f"call never became {state!r}: {status(porch)}\n{porch.log()[-3000:]}"
-    return found
-
-
-def call_states(porch: Porch) -> list[str]:
-    return [e["state"] for e in events(porch, "call")]
-
-
-def press(porch: Porch) -> None:
-    assert porch.request("POST", "/api/sim/button")[0] in (200, 204)
+def dial_from_door(run_porch, *targets: str, **call) -> Porch:
+    """A porch that calls `targets` (call section `call`), its button just pressed."""
+    porch = run_porch({"call": {"targets": list(targets), **call}})
+    press(porch)
+    return porch
 
 
 def test_button_calls_baresip_through_kamailio(kam: Kamailio, peer_set: PeerSet, run_porch):
     phone = peer_set.baresip(role="callee", user="1001", registrar=kam)
-    porch = run_porch(
-        {
-            "sip": {
-                "registrar": kam.uri("udp"),
-                "username": "door",
-                "password": "doorpass",
-            },
-            "call": {"targets": ["1001"]},
-        }
-    )
-    wait_until(lambda: status(porch)["registration"] == "registered", 10)
+    porch = run_porch(registered_at(kam, call={"targets": ["1001"]}))
+    wait_registration(porch, "registered")
     since = phone.mark()
     press(porch)
     s = wait_call(porch, "connected")
     assert s["peer"] == "sip:1001@127.0.0.1"
     assert call_states(porch)[0] == "calling"
-    assert porch.request("GET", "/api/sim/outputs")[1]["led_call_mode"] == "on"
+    assert outputs(porch)["led_call_mode"] == "on"
     phone.wait_event("CALL_ESTABLISHED", since=since)
     # Kamailio answers the first INVITE with 407 (door is a subscriber): being connected
     # shows porch retried with credentials. Now the far end hangs up: back to idle.
@@ -125,8 +86,7 @@ def test_busy_target_then_next_answers_and_hangs_up(peer_set: PeerSet, run_porch
     answering = peer_set.sipp.start(
         "uas_answer_hangup", variables={"ring_ms": 200}, duration_ms=500, timeout=20
     )
-    porch = run_porch({"call": {"targets": [busy.uri("flat1"), answering.uri("flat2")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, busy.uri("flat1"), answering.uri("flat2"))
     wait_call(porch, "connected")
     wait_call(porch, "idle")  # the far end hangs up after 500 ms
     assert busy.wait(10).ok and answering.wait(10).ok
@@ -141,8 +101,7 @@ def test_busy_target_then_next_answers_and_hangs_up(peer_set: PeerSet, run_porch
 
 def test_ring_timeout_cancels(peer_set: PeerSet, run_porch):
     phone = peer_set.sipp.start("uas_ring_cancel", timeout=20)
-    porch = run_porch({"call": {"targets": [phone.uri("flat")], "ring_timeout": 5}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"), ring_timeout=5)
     wait_call(porch, "ringing")
     wait_call(porch, "idle", timeout=10)
     result = phone.wait(10)
@@ -155,10 +114,7 @@ def test_ring_timeout_cancels(peer_set: PeerSet, run_porch):
 def test_parallel_first_answer_wins_the_other_is_cancelled(peer_set: PeerSet, run_porch):
     slow = peer_set.sipp.start("uas_ring_cancel", timeout=20)
     quick = peer_set.sipp.start("uas_answer", variables={"ring_ms": 300}, timeout=20)
-    porch = run_porch(
-        {"call": {"targets": [slow.uri("flat1"), quick.uri("flat2")], "strategy": "parallel"}}
-    )
-    press(porch)
+    porch = dial_from_door(run_porch, slow.uri("flat1"), quick.uri("flat2"), strategy="parallel")
     s = wait_call(porch, "connected")
     assert s["peer"] == quick.uri("flat2")
     slow_result = slow.wait(10)
@@ -172,8 +128,7 @@ def test_button_again_while_ringing_cancels_and_a_crossing_200_is_hung_up(
     peer_set: PeerSet, run_porch
 ):
     phone = peer_set.sipp.start("uas_cancel_race", timeout=20)
-    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"))
     wait_call(porch, "ringing")
     press(porch)  # second press: cancel
     wait_call(porch, "idle")
@@ -186,11 +141,9 @@ def test_button_again_while_ringing_cancels_and_a_crossing_200_is_hung_up(
 
 def test_redirect_is_followed(peer_set: PeerSet, run_porch, tmp_path):
     final = peer_set.sipp.start("uas_answer", timeout=20)
-    scenario = tmp_path / "uas_redirect.xml"
-    scenario.write_text(REDIRECT_UAS)
+    scenario = scenario_file(tmp_path, "uas_redirect", REDIRECT_UAS)
     mover = peer_set.sipp.start(scenario, variables={"target": final.uri("moved")}, timeout=20)
-    porch = run_porch({"call": {"targets": [mover.uri("flat")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, mover.uri("flat"))
     s = wait_call(porch, "connected")
     assert s["peer"] == final.uri("moved")
     assert mover.wait(10).log_lines("REDIRECTED")
@@ -202,8 +155,7 @@ def test_redirect_is_followed(peer_set: PeerSet, run_porch, tmp_path):
 
 def test_reliable_ringing_is_pracked(peer_set: PeerSet, run_porch):
     phone = peer_set.sipp.start("uas_100rel", variables={"ring_ms": 200}, timeout=20)
-    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"))
     wait_call(porch, "connected")
     porch.request("POST", "/api/hangup")
     result = phone.wait(10)
@@ -215,8 +167,7 @@ def test_reliable_ringing_is_pracked(peer_set: PeerSet, run_porch):
 
 def test_far_end_hold_and_resume_by_reinvite(peer_set: PeerSet, run_porch):
     phone = peer_set.sipp.start("uas_hold_reinvite", duration_ms=300, timeout=20)
-    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"))
     wait_call(porch, "connected")
     result = phone.wait(15)
     assert result.ok, result.report()
@@ -229,8 +180,7 @@ def test_session_timer_porch_refreshes_when_asked(peer_set: PeerSet, run_porch):
     phone = peer_set.sipp.start(
         "uas_session_timer", variables={"refresher": "uac", "se_value": 4}, timeout=20
     )
-    porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"))
     wait_call(porch, "connected")
     refreshed = "UPDATE session-expires=4;refresher=uac"
     assert wait_until(lambda: refreshed in phone_log(phone).replace("= ", "="), 8)
@@ -246,8 +196,7 @@ def phone_log(sipp) -> str:
 
 def test_max_duration_hangs_up(peer_set: PeerSet, run_porch):
     phone = peer_set.sipp.start("uas_answer", timeout=30)
-    porch = run_porch({"call": {"targets": [phone.uri("flat")], "max_duration": 10}})
-    press(porch)
+    porch = dial_from_door(run_porch, phone.uri("flat"), max_duration=10)
     wait_call(porch, "connected")
     wait_call(porch, "idle", timeout=15)
     assert events(porch, "call_end")[-1]["reason"] == "call.max_duration reached"

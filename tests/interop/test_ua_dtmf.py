@@ -7,10 +7,24 @@ behind one Kamailio serves the module.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
-from peers import Kamailio, PeerSet, free_port, wait_until
+from peers import Kamailio, PeerSet, SippResult, wait_until
 from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
-from porch_harness import Porch, start_porch
+from porch_harness import Porch
+from porch_interop import (
+    door_uri,
+    events,
+    fixture_kam,  # noqa: F401
+    keep_idle,
+    outputs,
+    registered_at,
+    serve_door,
+    sipp_call,
+    status,
+    wait_call,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -18,64 +32,22 @@ CODE = "2580"
 
 
 @pytest.fixture(scope="module")
-def kam(module_peer_set: PeerSet) -> Kamailio:
-    return module_peer_set.kamailio(tls=False)
-
-
-@pytest.fixture(scope="module")
-def door(kam: Kamailio, tmp_path_factory) -> Porch:
-    porch = start_porch(
-        tmp_path_factory.mktemp("door"),
-        {
-            "sip": {
-                "registrar": kam.uri("udp"),
-                "username": "door",
-                "password": "doorpass",
-                "listen": f"127.0.0.1:{free_port()}",
-            },
-            "call": {"auto_answer": "allowlist"},
-            "door": {"dtmf_codes": [CODE], "unlock_seconds": 3, "lockout_seconds": 5},
-        },
-    )
-    porch.setup()
-    assert wait_until(lambda: status(porch)["registration"] == "registered", 10), porch.log()
-    yield porch
-    if porch.proc.poll() is None:
-        assert porch.stop()[0] == 0
+def door(kam: Kamailio, tmp_path_factory) -> Iterator[Porch]:
+    codes = {"dtmf_codes": [CODE], "unlock_seconds": 3, "lockout_seconds": 5}
+    yield from serve_door(tmp_path_factory.mktemp("door"), registered_at(kam, door=codes))
 
 
 @pytest.fixture
-def idle_door(door: Porch) -> Porch:
-    assert wait_until(lambda: status(door)["call"] == "idle", 10), status(door)
+def idle_door(door: Porch) -> Iterator[Porch]:
+    """The door idle, out of any lockout, and shut, at the start of each test."""
     assert wait_until(lambda: not status(door)["lockout"], 10), status(door)
     assert wait_until(lambda: not outputs(door)["relay"], 5)
-    yield door
-    if status(door)["call"] != "idle":
-        door.request("POST", "/api/hangup")
+    yield from keep_idle(door)
 
 
-def status(porch: Porch) -> dict:
-    return porch.request("GET", "/api/status")[1]
-
-
-def outputs(porch: Porch) -> dict:
-    return porch.request("GET", "/api/sim/outputs")[1]
-
-
-def events(porch: Porch, kind: str, since: int = 0) -> list[dict]:
-    body = porch.request("GET", f"/api/events?since={since}&limit=1000")[1]
-    return [e for e in body["events"] if e["type"] == kind]
-
-
-def call_door(peer_set: PeerSet, kam: Kamailio, scenario: str, **variables) -> object:
-    return peer_set.sipp.run(
-        scenario,
-        kam.address("udp"),
-        service="door",
-        variables={"from_host": "127.0.0.1", **variables},
-        duration_ms=200,
-        timeout=20,
-    )
+def call_door(peer_set: PeerSet, kam: Kamailio, scenario: str, **variables) -> SippResult:
+    """A caller of the PBX's domain calls the door and sends what `scenario` sends."""
+    return sipp_call(peer_set, kam, scenario, duration_ms=200, timeout=20, **variables)
 
 
 @pytest.mark.parametrize("info_type", ["relay", "dtmf"])
@@ -125,37 +97,45 @@ def test_five_wrong_codes_lock_out_then_right_code_is_ignored(kam, peer_set, idl
     assert status(idle_door)["lockout"] is True
 
 
+def phone_types_the_code(
+    door: Porch, kam: Kamailio, phone, answered: Callable[[int], object], method: str
+) -> int:
+    """`phone`, registered at the PBX, calls the door and types the code once `answered`
+    (given the phone's log mark) says so: the door opens, by `method`; the phone hangs up.
+    The event log's last seq before the call."""
+    seq = door.last_seq()
+    since = phone.mark()
+    phone.dial(door_uri(kam))
+    answered(since)
+    wait_call(door, "connected")
+    phone.send_dtmf(CODE)
+    unlocked = wait_until(lambda: events(door, "unlock", seq), 10)
+    assert unlocked and unlocked[0]["method"] == method, door.log()[-2000:]
+    assert outputs(door)["relay"] is True
+    phone.hangup()
+    wait_call(door, "idle")
+    return seq
+
+
 def test_linphone_types_the_code_with_sip_info(kam, peer_set, idle_door):
     phone = peer_set.linphone(use_info=True, use_rfc2833=False)
     phone.register("1002", registrar=kam)
-    seq = idle_door.last_seq()
-    since = phone.mark()
-    phone.dial(f"sip:door@127.0.0.1:{kam.port('udp')}")
-    phone.wait_connected(since=since)
-    assert wait_until(lambda: status(idle_door)["call"] == "connected", 10)
-    phone.send_dtmf(CODE)
-    unlocked = wait_until(lambda: events(idle_door, "unlock", seq), 10)
-    assert unlocked and unlocked[0]["method"] == "info", idle_door.log()[-2000:]
-    assert outputs(idle_door)["relay"] is True
-    phone.hangup()
-    assert wait_until(lambda: status(idle_door)["call"] == "idle", 10)
+    phone_types_the_code(
+        idle_door, kam, phone, lambda since: phone.wait_connected(since=since), "info"
+    )
 
 
 def test_baresip_types_the_code_as_rfc4733_events(kam, peer_set, idle_door):
     """baresip 1.0.0 sends DTMF only as RFC 4733 telephone-events: they come through porch's
     media session; the call's RTP figures land in the event log at the end."""
     phone = peer_set.baresip(role="caller", user="1001", registrar=kam)
-    seq = idle_door.last_seq()
-    since = phone.mark()
-    phone.dial(f"sip:door@127.0.0.1:{kam.port('udp')}")
-    phone.wait_event("CALL_ESTABLISHED", since=since)
-    assert wait_until(lambda: status(idle_door)["call"] == "connected", 10)
-    phone.send_dtmf(CODE)
-    unlocked = wait_until(lambda: events(idle_door, "unlock", seq), 10)
-    assert unlocked and unlocked[0]["method"] == "rfc4733", idle_door.log()[-2000:]
-    assert outputs(idle_door)["relay"] is True
-    phone.hangup()
-    assert wait_until(lambda: status(idle_door)["call"] == "idle", 10)
+    seq = phone_types_the_code(
+        idle_door,
+        kam,
+        phone,
+        lambda since: phone.wait_event("CALL_ESTABLISHED", since=since),
+        "rfc4733",
+    )
     media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
     assert media and media[-1]["codec"] in ("PCMU", "PCMA"), media
     assert media[-1]["packets"] > 10 and media[-1]["sent"] > 10, media

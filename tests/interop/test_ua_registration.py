@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 from peers import Kamailio, PeerSet, free_port, wait_until
 from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
-from porch_harness import Porch, start_porch
+from porch_interop import (
+    events,
+    fixture_run_porch,  # noqa: F401
+    outputs,
+    status,
+    wait_registration,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -35,35 +41,6 @@ def sip_section(kam: Kamailio, transport: str, user: str, **extra) -> dict:
     return section
 
 
-def status(porch: Porch) -> dict:
-    return porch.request("GET", "/api/status")[1]
-
-
-def wait_registration(porch: Porch, state: str, timeout: float = 10.0) -> dict:
-    found = wait_until(lambda: (s := status(porch))["registration"] == state and s, timeout)
-    assert found, f"registration never became {state!r}: {status(porch)}\n{porch.log()}"
-    return found
-
-
-@pytest.fixture
-def run_porch(tmp_path):
-    started: list[Porch] = []
-
-    def run(sections: dict) -> Porch:
-        folder = tmp_path / f"porch{len(started)}"
-        folder.mkdir()
-        porch = start_porch(folder, sections)
-        started.append(porch)
-        porch.setup()
-        return porch
-
-    yield run
-    for porch in started:
-        if porch.proc.poll() is None:
-            porch.proc.kill()
-            porch.proc.wait()
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 def test_registers_refreshes_and_deregisters(
     kam: Kamailio, peer_set: PeerSet, run_porch, transport
@@ -85,8 +62,7 @@ def test_registers_refreshes_and_deregisters(
     refreshed = wait_until(lambda: any(int(c["CSeq"]) > first_cseq for c in kam.contacts(user)), 10)
     assert refreshed, kam.contacts(user)
     assert kam.contacts(user)[0]["Call-ID"] == contact["Call-ID"]
-    outputs = porch.request("GET", "/api/sim/outputs")[1]
-    assert outputs["led_ready_mode"] == "on"
+    assert outputs(porch)["led_ready_mode"] == "on"
     code, _ = porch.stop()  # SIGTERM: de-register, exit 0 within 3 s (asserted by stop())
     assert code == 0
     kam.wait_unregistered(user, timeout=2)
@@ -98,9 +74,8 @@ def test_wrong_password_is_reported(kam: Kamailio, run_porch):
     porch = run_porch({"sip": section})
     s = wait_registration(porch, "failed")
     assert "wrong username or password" in s["registration_reason"]
-    assert porch.request("GET", "/api/sim/outputs")[1]["led_ready_mode"] == "fast"
-    events = porch.request("GET", "/api/events?since=0")[1]["events"]
-    assert any(e["type"] == "registration" and e["state"] == "failed" for e in events)
+    assert outputs(porch)["led_ready_mode"] == "fast"
+    assert any(e["state"] == "failed" for e in events(porch, "registration"))
     assert not kam.registered("door")
     # The installer fixes the password on the web page: applied live, porch registers.
     doc = porch.request("GET", "/api/config")[1]
@@ -120,7 +95,7 @@ def test_reregisters_after_kamailio_outage(kam: Kamailio, run_porch):
         # The binding lapses (4 s) or the keepalive fails: porch no longer claims it.
         left = wait_until(lambda: status(porch)["registration"] != "registered", 20)
         assert left, status(porch)
-        assert porch.request("GET", "/api/sim/outputs")[1]["led_ready_mode"] in ("blink", "fast")
+        assert outputs(porch)["led_ready_mode"] in ("blink", "fast")
     finally:
         kam.start()
     # Kamailio forgot everything (location in memory): porch must register again.

@@ -10,209 +10,77 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 from peers import PeerSet, free_port, wait_until
 from peers_fixtures import fixture_peer_set  # noqa: F401
-from porch_harness import Porch, start_porch
+from porch_harness import Porch
+from porch_interop import (
+    FROM_LOCAL,
+    RECV_ANSWER,
+    audio_sdp,
+    call_states,
+    events,
+    first_invite,
+    fixture_idle_door,  # noqa: F401
+    fixture_run_porch,  # noqa: F401
+    in_dialog,
+    press,
+    scenario_file,
+    serve_door,
+    sip_address,
+    sipp_call,
+    uac_scenario,
+    wait_call,
+)
 
 pytestmark = pytest.mark.interop
 
-CODEC_CHANGE_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="UAC: call with PCMU, then re-INVITE offering PCMA only">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=sipp 1 1 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="300"/>
-  <send retrans="500">
-    <![CDATA[
-      INVITE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 2 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=sipp 1 2 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 8 101
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200">
+CODEC_CHANGE_UAC = uac_scenario(
+    "UAC: call with PCMU, then re-INVITE offering PCMA only",
+    first_invite(FROM_LOCAL, sdp=audio_sdp(1, "0 PCMU/8000")),
+    RECV_ANSWER,
+    in_dialog("ACK", 1, FROM_LOCAL),
+    '<pause milliseconds="300"/>',
+    in_dialog("INVITE", 2, FROM_LOCAL, sdp=audio_sdp(2, "8 PCMA/8000")),
+    '<recv response="100" optional="true"/>',
+    """<recv response="200">
     <action>
       <ereg regexp="m=audio [0-9]+ RTP/AVP ([0-9]+)" search_in="body" check_it="true"
             assign_to="m_x,pt"/>
       <log message="REOFFER answer pt=[$pt]"/>
     </action>
-  </recv>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 2 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="300"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 3 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200"/>
-  <Reference variables="m_x"/>
-</scenario>
-"""
+  </recv>""",
+    in_dialog("ACK", 2, FROM_LOCAL),
+    '<pause milliseconds="300"/>',
+    in_dialog("BYE", 3, FROM_LOCAL),
+    '<recv response="200"/>',
+    '<Reference variables="m_x"/>',
+)
 
-
-LATE_OFFER_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="UAC: INVITE without SDP, answer in the ACK">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true">
+LATE_OFFER_UAC = uac_scenario(
+    "UAC: INVITE without SDP, answer in the ACK",
+    first_invite(FROM_LOCAL),
+    '<recv response="100" optional="true"/>',
+    '<recv response="180" optional="true"/>',
+    """<recv response="200" rrs="true">
     <action>
       <ereg regexp="a=rtpmap:8 PCMA/8000" search_in="body" check_it="true" assign_to="offer"/>
       <log message="OFFER in 200 has [$offer]"/>
     </action>
-  </recv>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=sipp 1 1 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 8 101
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-    ]]>
-  </send>
-  <pause milliseconds="500"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200"/>
-</scenario>
-"""
+  </recv>""",
+    in_dialog("ACK", 1, FROM_LOCAL, sdp=audio_sdp(1, "8 PCMA/8000")),
+    '<pause milliseconds="500"/>',
+    in_dialog("BYE", 2, FROM_LOCAL),
+    '<recv response="200"/>',
+)
 
 
 @pytest.fixture(scope="module")
-def door(tmp_path_factory) -> Porch:
-    port = free_port()
-    porch = start_porch(tmp_path_factory.mktemp("door"), {"sip": {"listen": f"127.0.0.1:{port}"}})
-    porch.extra["address"] = ("127.0.0.1", port)
-    porch.setup()
-    yield porch
-    if porch.proc.poll() is None:
-        assert porch.stop()[0] == 0
-
-
-@pytest.fixture
-def idle_door(door: Porch) -> Porch:
-    assert wait_until(lambda: status(door)["call"] == "idle", 10), status(door)
-    yield door
-    if status(door)["call"] != "idle":
-        door.request("POST", "/api/hangup")
-        assert wait_until(lambda: status(door)["call"] == "idle", 10)
-
-
-def status(porch: Porch) -> dict:
-    return porch.request("GET", "/api/status")[1]
-
-
-def events(porch: Porch, kind: str, since: int = 0) -> list[dict]:
-    body = porch.request("GET", f"/api/events?since={since}&limit=1000")[1]
-    return [e for e in body["events"] if e["type"] == kind]
+def door(tmp_path_factory) -> Iterator[Porch]:
+    """A peer-to-peer door (no registrar) for the module."""
+    yield from serve_door(tmp_path_factory.mktemp("door"), {})
 
 
 @pytest.mark.parametrize(
@@ -224,13 +92,8 @@ def events(porch: Porch, kind: str, since: int = 0) -> list[dict]:
     ],
 )
 def test_caller_holds_and_resumes(peer_set: PeerSet, idle_door, scenario, hold_dir, answer):
-    result = peer_set.sipp.run(
-        scenario,
-        idle_door.extra["address"],
-        service="door",
-        variables={"hold_dir": hold_dir},
-        duration_ms=500,
-        timeout=15,
+    result = sipp_call(
+        peer_set, idle_door, scenario, hold_dir=hold_dir, duration_ms=500, timeout=15
     )
     assert result.ok, result.report()
     assert result.log_lines(f"HOLD answer={answer}"), result.report()
@@ -240,9 +103,8 @@ def test_caller_holds_and_resumes(peer_set: PeerSet, idle_door, scenario, hold_d
 
 def test_reoffer_changes_the_codec(peer_set: PeerSet, idle_door, tmp_path):
     seq = idle_door.last_seq()
-    scenario = tmp_path / "uac_codec_change.xml"
-    scenario.write_text(CODEC_CHANGE_UAC)
-    result = peer_set.sipp.run(scenario, idle_door.extra["address"], service="door", timeout=15)
+    scenario = scenario_file(tmp_path, "uac_codec_change", CODEC_CHANGE_UAC)
+    result = sipp_call(peer_set, idle_door, scenario, timeout=15)
     assert result.ok, result.report()
     assert result.log_lines("REOFFER answer pt=8"), result.report()
     media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
@@ -253,9 +115,8 @@ def test_invite_without_sdp_gets_an_offer_and_the_ack_answers(
     peer_set: PeerSet, idle_door, tmp_path
 ):
     seq = idle_door.last_seq()
-    scenario = tmp_path / "uac_late_offer.xml"
-    scenario.write_text(LATE_OFFER_UAC)
-    result = peer_set.sipp.run(scenario, idle_door.extra["address"], service="door", timeout=15)
+    scenario = scenario_file(tmp_path, "uac_late_offer", LATE_OFFER_UAC)
+    result = sipp_call(peer_set, idle_door, scenario, timeout=15)
     assert result.ok, result.report()
     assert result.log_lines("OFFER in 200 has a=rtpmap:8 PCMA/8000"), result.report()
     media = wait_until(lambda: events(idle_door, "call_media", seq), 5)
@@ -264,13 +125,8 @@ def test_invite_without_sdp_gets_an_offer_and_the_ack_answers(
 
 
 def test_session_timer_asked_by_the_caller(peer_set: PeerSet, idle_door):
-    result = peer_set.sipp.run(
-        "uac_session_timer",
-        idle_door.extra["address"],
-        service="door",
-        variables={"se_value": 120},
-        duration_ms=300,
-        timeout=15,
+    result = sipp_call(
+        peer_set, idle_door, "uac_session_timer", se_value=120, duration_ms=300, timeout=15
     )
     assert result.ok, result.report()
     lines = [ln.replace("= ", "=") for ln in result.log.splitlines()]
@@ -280,13 +136,7 @@ def test_session_timer_asked_by_the_caller(peer_set: PeerSet, idle_door):
 
 
 def test_too_short_session_interval_is_422(peer_set: PeerSet, idle_door):
-    result = peer_set.sipp.run(
-        "uac_session_timer",
-        idle_door.extra["address"],
-        service="door",
-        variables={"se_value": 30},
-        timeout=10,
-    )
+    result = sipp_call(peer_set, idle_door, "uac_session_timer", se_value=30)
     assert not result.ok
     assert any(m.startswith("SIP/2.0 422 ") for m in result.received("SIP/2.0")), result.report()
     assert "Min-SE: 90" in result.received("SIP/2.0 422")[0]
@@ -374,48 +224,46 @@ def test_incoming_call_survives_lost_datagrams(peer_set: PeerSet, idle_door):
     retransmissions (2xx until ACK, responses to retransmitted requests) carry the call."""
     seq = idle_door.last_seq()
     drop = {"INVITE": 1, "200 INVITE": 1, "ACK": 1, "BYE": 1, "200 BYE": 1}
-    relay = LossyRelay(idle_door.extra["address"], drop)
+    relay = LossyRelay(sip_address(idle_door), drop)
     try:
-        result = peer_set.sipp.run(
+        result = sipp_call(
+            peer_set,
+            idle_door,
             "uac_call",
-            idle_door.extra["address"],
-            service="door",
             duration_ms=300,
             timeout=20,
-            extra=["-rsa", f"127.0.0.1:{relay.address[1]}"],
+            extra=("-rsa", f"127.0.0.1:{relay.address[1]}"),
         )
     finally:
         relay.close()
     assert result.ok and result.log_lines("HUNGUP"), result.report()
     assert sorted(relay.dropped) == sorted(drop), relay.dropped
     assert len(result.sent("INVITE")) == 2 and len(result.sent("BYE")) >= 2
-    assert [e["state"] for e in events(idle_door, "call", seq)] == ["connected"]
-    assert wait_until(lambda: status(idle_door)["call"] == "idle", 5)
+    assert call_states(idle_door, seq) == ["connected"]
+    wait_call(idle_door, "idle", 5)
 
 
-def test_outgoing_call_survives_lost_datagrams(peer_set: PeerSet, tmp_path):
+def test_outgoing_call_survives_lost_datagrams(peer_set: PeerSet, run_porch):
     """porch's INVITE and the callee's 180 and 200 are lost once: porch's timer A resends
     the INVITE, the callee resends its 200, and the call is set up and ended normally."""
     phone = peer_set.sipp.start("uas_answer", variables={"ring_ms": 200}, timeout=20)
     sip_port = free_port()
     drop = {"INVITE": 1, "180 INVITE": 1, "200 INVITE": 1}
     relay = LossyRelay(("127.0.0.1", sip_port), drop, peer=phone.address)
-    porch = start_porch(
-        tmp_path,
-        {
-            "sip": {"listen": f"127.0.0.1:{sip_port}"},
-            "call": {"targets": [f"sip:flat@127.0.0.1:{relay.address[1]}"]},
-        },
-    )
     try:
-        porch.setup()
-        porch.request("POST", "/api/sim/button")
-        assert wait_until(lambda: status(porch)["call"] == "connected", 10), porch.log()
+        porch = run_porch(
+            {
+                "sip": {"listen": f"127.0.0.1:{sip_port}"},
+                "call": {"targets": [f"sip:flat@127.0.0.1:{relay.address[1]}"]},
+            }
+        )
+        press(porch)
+        wait_call(porch, "connected")
         porch.request("POST", "/api/hangup")
         result = phone.wait(10)
         assert result.ok and result.log_lines("BYE received"), result.report()
         assert sorted(relay.dropped) == sorted(drop), relay.dropped
         assert len(result.received("INVITE")) == 1  # the first copy never arrived
+        assert porch.stop()[0] == 0
     finally:
         relay.close()
-        assert porch.stop()[0] == 0
