@@ -24,11 +24,13 @@ __all__ = [
     "address",
     "canonical_name",
     "header_key",
+    "name_addr_fast",
     "parse_params",
     "parse_tokens",
     "quote_string",
     "split_list",
     "unquote_string",
+    "via_fast",
 ]
 
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
@@ -206,6 +208,30 @@ def parse_params(text: str, pos: int = 0) -> dict[str, str | None]:
 
 
 _PARAMS_FAST_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)+")
+_PARAMS_TOKENS = rf"((?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)*)"  # the same, as a group
+
+# Parameter names as they are usually written -> lower case, to skip a lower() per parameter.
+_PARAM_NAMES = {
+    name: name.lower()
+    for name in (
+        "branch", "rport", "received", "maddr", "ttl", "tag", "expires", "q", "lr",
+        "transport", "user", "method", "alias", "keep", "reg-id", "+sip.instance", "ob",
+        "gr", "pub-gruu", "temp-gruu", "boundary", "charset", "comp", "sigcomp-id",
+        "reason", "duration", "refresher", "handling", "purpose", "version",
+    )
+}  # fmt: skip
+
+
+def _token_params(text: str) -> dict[str, str | None]:
+    """';a=b;c' already known to be token parameters (checked by the caller's pattern)."""
+    params: dict[str, str | None] = {}
+    names = _PARAM_NAMES
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        params[names.get(name) or name.lower()] = value if eq else None
+    return params
+
+
 _TOKEN_SET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
@@ -243,11 +269,15 @@ _VIA_RE = re.compile(
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_\-.]*)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
 )
 
+# The usual form in one match: token transport, host name or IPv4, port, token parameters.
 _VIA_FAST_RE = re.compile(
-    rf"SIP/2\.0/([{TOKEN_CHARS}]+) ([A-Za-z0-9][A-Za-z0-9_\-.]*)(?::([0-9]{{1,5}}))?(?=;|$)"
+    rf"SIP/2\.0/([{TOKEN_CHARS}]+) ([A-Za-z0-9][A-Za-z0-9_\-.]*)(?::([0-9]{{1,5}}))?"
+    + _PARAMS_TOKENS
 )
 
 MAGIC_COOKIE = "z9hG4bK"
+_TRANSPORTS = frozenset(("UDP", "TCP", "TLS", "SCTP", "WS", "WSS"))
+_new = object.__new__
 
 
 class Via:
@@ -273,20 +303,9 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        if text.startswith("SIP/2.0/"):
-            m = _VIA_FAST_RE.match(text)
-            if m is not None:
-                transport, host, port = m.groups()
-                via = cls.__new__(cls)
-                via.protocol = "SIP/2.0"
-                via.transport = transport if transport.isupper() else transport.upper()
-                via.host = host
-                via.port = None if port is None else int(port)
-                if port is not None and via.port > 65535:  # type: ignore[operator]
-                    raise RemoteProtocolError(400, "bad Via port")
-                end = m.end()
-                via.params = parse_params(text, end) if end < len(text) else {}
-                return via
+        via = via_fast(text)
+        if via is not None:
+            return via
         m = _VIA_RE.match(text)
         if m is None:
             raise RemoteProtocolError(400, f"bad Via: {text[:80]!r}")
@@ -360,11 +379,33 @@ class Via:
     __hash__ = None  # type: ignore[assignment]
 
 
+def via_fast(text: str) -> Via | None:
+    """The usual Via value in one pattern match; None when the general parser must look."""
+    m = _VIA_FAST_RE.fullmatch(text)
+    if m is None:
+        return None
+    transport, host, port, params = m.groups()
+    via = _new(Via)
+    via.protocol = "SIP/2.0"
+    via.transport = transport if transport in _TRANSPORTS else transport.upper()
+    via.host = host
+    if port is None:
+        via.port = None
+    else:
+        via.port = int(port)
+        if via.port > 65535:
+            raise RemoteProtocolError(400, "bad Via port")
+    via.params = _token_params(params) if params else {}
+    return via
+
+
 # ---------------------------------------------------------------------------------------
 # name-addr / addr-spec (From, To, Contact, Route, Record-Route, Refer-To ...)
 # ---------------------------------------------------------------------------------------
 
 _QUOTED_HEAD_RE = re.compile(rf"({_QUOTED})[ \t]*", re.S)
+# '"Display" <uri>;tag=x' or '<uri>' with token parameters: the usual From/To/Contact.
+_NAME_ADDR_FAST_RE = re.compile(r'(?:"([^"\\]*)"[ \t]*)?<([^<> \t]+)>' + _PARAMS_TOKENS)
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 
@@ -397,6 +438,9 @@ class NameAddress:
 
     @classmethod
     def parse(cls, text: str) -> NameAddress:
+        addr = name_addr_fast(text)
+        if addr is not None:
+            return addr
         n = len(text)
         if n == 0:
             raise RemoteProtocolError(400, "empty address")
@@ -530,6 +574,18 @@ class NameAddress:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def name_addr_fast(text: str) -> NameAddress | None:
+    """'"Display" <uri>;tag=x' in one pattern match; None when the general parser must look."""
+    m = _NAME_ADDR_FAST_RE.fullmatch(text)
+    if m is None:
+        return None
+    addr = _new(NameAddress)
+    addr.display_name, addr._uri_text, params = m.groups()
+    addr._uri = None
+    addr.params = _token_params(params) if params else {}
+    return addr
 
 
 def address(uri: Uri | str, display_name: str | None = None, **params: str | None) -> NameAddress:

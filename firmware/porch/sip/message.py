@@ -28,8 +28,10 @@ from porch.sip.headers import (
     Via,
     canonical_name,
     header_key,
+    name_addr_fast,
     parse_tokens,
     split_list,
+    via_fast,
 )
 from porch.sip.uri import SipUri, Uri, parse_uri
 
@@ -192,6 +194,8 @@ for _name in (
 for _short, _long in COMPACT_FORMS.items():
     _KEY_CACHE[_short] = _long
     _KEY_CACHE[_short.upper()] = _long
+# Other spellings are added as they are met (only valid tokens), up to this many entries.
+_KEY_CACHE_SIZE = 1024
 
 
 class Headers:
@@ -200,20 +204,23 @@ class Headers:
     Lookups understand compact forms ('v' is Via). `values(name)` splits list headers
     (Via, Contact, Route, Supported, ...) at commas outside quotes and <>. Each
     WWW-Authenticate or Proxy-Authenticate field stays a value of its own.
+
+    Inside, a field is the (name, ": ", value) triple that str.partition gives the parser,
+    so parsing builds no second tuple per line; iteration yields (name, value) pairs.
     """
 
     __slots__ = ("_fields", "_keys", "typed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: list[tuple[str, str]] = [
-            (_checked_name(n), _field_text(v)) for n, v in fields
+        self._fields: list[tuple[str, str, str]] = [
+            (_checked_name(n), _SEP, _field_text(v)) for n, v in fields
         ]
-        self._keys: list[str] = [_key(n) for n, _ in self._fields]
+        self._keys: list[str] = [_key(f[0]) for f in self._fields]
         # Parsed values of the typed accessors, dropped on every change.
         self.typed: dict[str, Any] = {}
 
     def _changed(self) -> None:
-        self._keys = [_key(n) for n, _ in self._fields]
+        self._keys = [_key(f[0]) for f in self._fields]
         if self.typed:
             self.typed = {}
 
@@ -221,7 +228,7 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name` (raw text), or `default`."""
         try:
-            return self._fields[self._keys.index(_KEY_CACHE.get(name) or header_key(name))][1]
+            return self._fields[self._keys.index(_KEY_CACHE.get(name) or header_key(name))][2]
         except ValueError:
             return default
 
@@ -230,8 +237,8 @@ class Headers:
         key = _KEY_CACHE.get(name) or header_key(name)
         keys = self._keys
         if keys.count(key) == 1:
-            return [self._fields[keys.index(key)][1]]
-        return [f[1] for k, f in zip(keys, self._fields, strict=True) if k == key]
+            return [self._fields[keys.index(key)][2]]
+        return [f[2] for k, f in zip(keys, self._fields, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every value of `name`; list headers are split at top-level commas."""
@@ -239,13 +246,13 @@ class Headers:
         keys = self._keys
         count = keys.count(key)
         if count == 1:
-            value = self._fields[keys.index(key)][1]
+            value = self._fields[keys.index(key)][2]
             if key not in LIST_HEADERS or "," not in value:
                 return [value.strip(" \t")] if value else []
             return split_list(value)
         if count == 0:
             return []
-        bucket = [f[1] for k, f in zip(keys, self._fields, strict=True) if k == key]
+        bucket = [f[2] for k, f in zip(keys, self._fields, strict=True) if k == key]
         if key not in LIST_HEADERS:
             return bucket
         out: list[str] = []
@@ -262,13 +269,13 @@ class Headers:
         return (_KEY_CACHE.get(name) or header_key(name)) in self._keys
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._fields)
+        return iter(self.items())
 
     def __len__(self) -> int:
         return len(self._fields)
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
+        return [(name, value) for name, _, value in self._fields]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -278,7 +285,7 @@ class Headers:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        return f"Headers({self.items()!r})"
 
     def copy(self) -> Headers:
         new = Headers.__new__(Headers)
@@ -290,13 +297,13 @@ class Headers:
     # -- writing ------------------------------------------------------------------------
     def add(self, name: str, value: object) -> None:
         """Append a field (after any others of the same name)."""
-        self._fields.append((_checked_name(name), _field_text(value)))
+        self._fields.append((_checked_name(name), _SEP, _field_text(value)))
         self._changed()
 
     def insert(self, name: str, value: object) -> None:
         """Put a field before the first one of the same name (e.g. our own top Via)."""
         key = _key(name)
-        field = (_checked_name(name), _field_text(value))
+        field = (_checked_name(name), _SEP, _field_text(value))
         if key in self._keys:
             self._fields.insert(self._keys.index(key), field)
         else:
@@ -306,8 +313,8 @@ class Headers:
     def set(self, name: str, value: object) -> None:
         """Replace every field of `name` by one, at the place of the first (or at the end)."""
         key = _key(name)
-        field = (_checked_name(name), _field_text(value))
-        out: list[tuple[str, str]] = []
+        field = (_checked_name(name), _SEP, _field_text(value))
+        out: list[tuple[str, str, str]] = []
         placed = False
         for k, f in zip(self._keys, self._fields, strict=True):
             if k == key:
@@ -325,6 +332,9 @@ class Headers:
         key = _key(name)
         self._fields = [f for k, f in zip(self._keys, self._fields, strict=True) if k != key]
         self._changed()
+
+
+_SEP = ": "  # the middle of every stored field triple
 
 
 def _key(name: str) -> str:
@@ -372,13 +382,22 @@ class Message:
     @property
     def via(self) -> list[Via]:
         """Every Via value, top first."""
-        typed = self.headers.typed
-        vias = typed.get("via")
+        headers = self.headers
+        vias = headers.typed.get("via")
         if vias is None:
-            values = self.headers.values("via")
-            if "" in values:
-                raise RemoteProtocolError(400, "empty item in Via")
-            vias = typed["via"] = [Via.parse(v) for v in values]
+            keys = headers._keys
+            if keys.count("via") == 1:  # the usual single Via line with a single value
+                value = headers._fields[keys.index("via")][2]
+                if "," not in value:
+                    via = via_fast(value)
+                    if via is not None:
+                        vias = [via]
+            if vias is None:
+                values = headers.values("via")
+                if "" in values:
+                    raise RemoteProtocolError(400, "empty item in Via")
+                vias = [Via.parse(v) for v in values]
+            headers.typed["via"] = vias
         return vias
 
     @property
@@ -390,60 +409,73 @@ class Message:
 
     @property
     def from_(self) -> NameAddress:
-        typed = self.headers.typed
-        addr = typed.get("from")
+        headers = self.headers
+        addr = headers.typed.get("from")
         if addr is None:
-            value = self.headers.get("from")
-            if value is None:
-                raise RemoteProtocolError(400, "missing From")
-            addr = typed["from"] = NameAddress.parse(value)
+            try:
+                value = headers._fields[headers._keys.index("from")][2]
+            except ValueError:
+                raise RemoteProtocolError(400, "missing From") from None
+            addr = headers.typed["from"] = NameAddress.parse(value)
         return addr
 
     @property
     def to(self) -> NameAddress:
-        typed = self.headers.typed
-        addr = typed.get("to")
+        headers = self.headers
+        addr = headers.typed.get("to")
         if addr is None:
-            value = self.headers.get("to")
-            if value is None:
-                raise RemoteProtocolError(400, "missing To")
-            addr = typed["to"] = NameAddress.parse(value)
+            try:
+                value = headers._fields[headers._keys.index("to")][2]
+            except ValueError:
+                raise RemoteProtocolError(400, "missing To") from None
+            addr = headers.typed["to"] = NameAddress.parse(value)
         return addr
 
     @property
     def call_id(self) -> str:
-        typed = self.headers.typed
-        value = typed.get("call-id")
+        headers = self.headers
+        value = headers.typed.get("call-id")
         if value is None:
-            value = self.headers.get("call-id")
-            if value is None:
-                raise RemoteProtocolError(400, "missing Call-ID")
+            try:
+                value = headers._fields[headers._keys.index("call-id")][2]
+            except ValueError:
+                raise RemoteProtocolError(400, "missing Call-ID") from None
             if not _CALL_ID_RE.fullmatch(value):
                 raise RemoteProtocolError(400, f"bad Call-ID: {value[:60]!r}")
-            typed["call-id"] = value
+            headers.typed["call-id"] = value
         return value
 
     @property
     def cseq(self) -> CSeq:
-        typed = self.headers.typed
-        cseq = typed.get("cseq")
+        headers = self.headers
+        cseq = headers.typed.get("cseq")
         if cseq is None:
-            value = self.headers.get("cseq")
-            if value is None:
-                raise RemoteProtocolError(400, "missing CSeq")
-            cseq = typed["cseq"] = CSeq.parse(value)
+            try:
+                value = headers._fields[headers._keys.index("cseq")][2]
+            except ValueError:
+                raise RemoteProtocolError(400, "missing CSeq") from None
+            cseq = headers.typed["cseq"] = CSeq.parse(value)
         return cseq
 
     @property
     def contact(self) -> list[NameAddress]:
         """Contact values; an empty list when there is none."""
-        typed = self.headers.typed
-        contacts = typed.get("contact")
+        headers = self.headers
+        contacts = headers.typed.get("contact")
         if contacts is None:
-            values = self.headers.values("contact")
-            if "" in values:
-                raise RemoteProtocolError(400, "empty item in Contact")
-            contacts = typed["contact"] = [NameAddress.parse(v) for v in values]
+            keys = headers._keys
+            if keys.count("contact") == 1:  # one Contact line with one value
+                value = headers._fields[keys.index("contact")][2]
+                if "," not in value:
+                    addr = name_addr_fast(value)
+                    if addr is not None:
+                        contacts = [addr]
+            if contacts is None:
+                values = headers.values("contact")
+                if "" in values:
+                    raise RemoteProtocolError(400, "empty item in Contact")
+                contacts = [NameAddress.parse(v) for v in values]
+            headers.typed["contact"] = contacts
         return contacts
 
     @property
@@ -459,13 +491,14 @@ class Message:
 
     @property
     def content_type(self) -> MediaType | None:
-        typed = self.headers.typed
-        media = typed.get("content-type")
+        headers = self.headers
+        media = headers.typed.get("content-type")
         if media is None:
-            value = self.headers.get("content-type")
-            if value is None:
+            try:
+                value = headers._fields[headers._keys.index("content-type")][2]
+            except ValueError:
                 return None
-            media = typed["content-type"] = MediaType.parse(value)
+            media = headers.typed["content-type"] = MediaType.parse(value)
         return media
 
     @property
@@ -548,7 +581,7 @@ class Message:
         headers = self.headers
         lines = [self._start_line()]
         has_length = False
-        for (name, value), key in zip(headers._fields, headers._keys, strict=True):
+        for (name, _, value), key in zip(headers._fields, headers._keys, strict=True):
             if key == "content-length":
                 if has_length:
                     continue
@@ -698,6 +731,7 @@ def _ensure_length(headers: Headers, body: bytes) -> None:
 # ---------------------------------------------------------------------------------------
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_new = object.__new__
 _METHODS = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE",
      "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
@@ -716,25 +750,64 @@ def is_keepalive(data: bytes) -> bool:
     return not data.strip(b"\r\n")
 
 
-def _split_fields(lines: list[str]) -> tuple[list[tuple[str, str]], list[str]] | None:
-    """The fast path: no folding, no space before ':'; None sends the caller to the slow one."""
-    parts = [line.partition(":") for line in lines]
-    fields = [(name, value.strip(" \t")) for name, sep, value in parts if sep]
-    if len(fields) != len(parts):
+# One ": " per header line, for map(); a longer header section takes the other paths.
+_COLON_SP = (": ",) * 256
+_partition = str.partition
+
+
+def _split_fields_exact(
+    lines: list[str], text: str
+) -> tuple[list[tuple[str, str, str]], list[str]] | None:
+    """The common layout, `Name: value` with one space and no other LWS around the value.
+
+    A few scans of the whole header text rule out tabs and stray spaces, so no value needs
+    stripping; None sends the caller to `_split_fields`.
+    """
+    if (
+        "\t" in text
+        or ":  " in text
+        or " \r\n" in text
+        or text[-1:] == " "
+        or len(lines) > len(_COLON_SP)
+    ):
         return None
+    fields = list(map(_partition, lines, _COLON_SP))
     cache = _KEY_CACHE
-    keys = [cache.get(name) for name, _ in fields]
-    if None in keys:
-        for i, key in enumerate(keys):
-            if key is None:
-                name = fields[i][0]
-                if not TOKEN_RE.fullmatch(name):
-                    return None
-                keys[i] = header_key(name)
+    keys = [cache.get(name) for name, sep, _ in fields if sep]
+    if len(keys) != len(fields):
+        return None  # a line without ": "
+    if not all(keys) and not _fill_keys(fields, keys):  # all(): no rich compares with None
+        return None
     return fields, keys  # type: ignore[return-value]
 
 
-def _split_fields_slow(lines: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+def _fill_keys(fields: list[tuple[str, str, str]], keys: list[str | None]) -> bool:
+    """Keys of names missing from the cache; False for a line without ':' or a bad name."""
+    for i, key in enumerate(keys):
+        if key is None:
+            name, sep, _ = fields[i]
+            if not sep or not TOKEN_RE.fullmatch(name):
+                return False
+            key = keys[i] = header_key(name)
+            if len(_KEY_CACHE) < _KEY_CACHE_SIZE:
+                _KEY_CACHE[name] = key
+    return True
+
+
+def _split_fields(lines: list[str]) -> tuple[list[tuple[str, str, str]], list[str]] | None:
+    """No folding, no space before ':'; None sends the caller to the slow path."""
+    parts = [line.partition(":") for line in lines]
+    fields = [(name, _SEP, value.strip(" \t")) for name, sep, value in parts if sep]
+    if len(fields) != len(parts):
+        return None
+    cache = _KEY_CACHE
+    keys = [cache.get(f[0]) for f in fields]
+    if not all(keys) and not _fill_keys(fields, keys):
+        return None
+    return fields, keys  # type: ignore[return-value]
+
+
+def _split_fields_slow(lines: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Unfold continuation lines, allow LWS before ':', and say exactly what is wrong."""
     unfolded: list[str] = []
     for line in lines:
@@ -744,14 +817,14 @@ def _split_fields_slow(lines: list[str]) -> tuple[list[tuple[str, str]], list[st
             unfolded[-1] = unfolded[-1].rstrip(" \t") + " " + line.lstrip(" \t")
         else:
             unfolded.append(line)
-    fields: list[tuple[str, str]] = []
+    fields: list[tuple[str, str, str]] = []
     keys: list[str] = []
     for line in unfolded:
         name, sep, value = line.partition(":")
         name = name.rstrip(" \t")
         if not sep or not TOKEN_RE.fullmatch(name):
             raise RemoteProtocolError(400, f"malformed header line: {line[:60]!r}")
-        fields.append((name, value.strip(" \t")))
+        fields.append((name, _SEP, value.strip(" \t")))
         keys.append(_key(name))
     return fields, keys
 
@@ -766,15 +839,20 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[Parsed, list[str]]:
         lines = text.replace("\r\n", "\n").split("\n")
         if any("\r" in line for line in lines):
             raise RemoteProtocolError(400, "bare CR in the header section")
+    return _head_from_lines(lines, text, limits)
+
+
+def _head_from_lines(lines: list[str], text: str, limits: Limits) -> tuple[Parsed, list[str]]:
+    """The message object from the header section's lines (`lines` is consumed)."""
     start = lines[0]
     del lines[0]
     if len(lines) > limits.max_headers:
         raise RemoteProtocolError(513, "too many header fields")
     if len(text) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise RemoteProtocolError(513, "header line too long")
-    split = _split_fields(lines)
+    split = _split_fields_exact(lines, text) or _split_fields(lines)
     fields, keys = split if split is not None else _split_fields_slow(lines)
-    headers = Headers.__new__(Headers)
+    headers = _new(Headers)
     headers._fields = fields
     headers._keys = keys
     headers.typed = {}
@@ -783,7 +861,7 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[Parsed, list[str]]:
         m = _STATUS_LINE.fullmatch(start)
         if m is None:
             raise RemoteProtocolError(400, f"bad status line: {start[:80]!r}")
-        msg: Parsed = Response.__new__(Response)
+        msg: Parsed = _new(Response)
         msg.version = m.group(1).upper()
         msg.status = int(m.group(2))
         msg.reason = m.group(3) or ""
@@ -802,7 +880,7 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[Parsed, list[str]]:
             if not _VERSION.fullmatch(version):
                 raise RemoteProtocolError(400, f"bad SIP version: {version[:20]!r}")
             version = version.upper()
-        msg = Request.__new__(Request)
+        msg = _new(Request)
         msg.method = parts[0]
         msg.target = parts[1]
         msg._uri = None
@@ -817,7 +895,7 @@ def _content_length(headers: Headers, limits: Limits, msg: Parsed) -> int | None
     count = keys.count("content-length")
     if count == 0:
         return None
-    value = headers._fields[keys.index("content-length")][1]
+    value = headers._fields[keys.index("content-length")][2]
     if count > 1 and len(set(headers.getall("content-length"))) > 1:
         raise RemoteProtocolError(400, "conflicting Content-Length headers", message=msg)
     if not value.isdigit() or not value.isascii():
@@ -839,9 +917,16 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
     end = data.find(b"\r\n\r\n")
-    if end >= 0 and data.find(b"\n\n", 0, end) < 0 and data.find(b"\n\r\n", 0, end + 2) < 0:
-        body_start = end + 4
-    else:  # LF-only (or mixed) line ends
+    msg = None
+    if end >= 0:
+        # CRLF throughout (checked by counting): the first empty line ends the header section.
+        text = data[:end].decode("utf-8", "surrogateescape")
+        lines = text.split("\r\n")
+        joined = "".join(lines)  # cheaper than counting CRs and LFs in `text`
+        if "\r" not in joined and "\n" not in joined:
+            msg, keys = _head_from_lines(lines, text, limits)
+            body_start = end + 4
+    if msg is None:  # LF-only or mixed line ends
         m = _BLANK_LINE.search(data)
         if m is None:
             raise RemoteProtocolError(400, "no end of the header section")
@@ -849,15 +934,24 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
         if end and data[end - 1] == 13:  # b"\r"
             end -= 1
         body_start = m.end()
-    msg, _ = _parse_head(data[:end], limits)
-    length = _content_length(msg.headers, limits, msg)
-    if length is None:
-        msg.body = data[body_start:]
+        msg, keys = _parse_head(data[:end], limits)
+    if keys.count("content-length") != 1:
+        length = _content_length(msg.headers, limits, msg)  # none, or several to compare
+        if length is None:
+            msg.body = data[body_start:]
+            return msg
     else:
-        body = data[body_start : body_start + length]
-        if len(body) < length:
-            raise RemoteProtocolError(400, "body shorter than Content-Length", message=msg)
-        msg.body = body
+        value = msg.headers._fields[keys.index("content-length")][2]
+        if value.isdigit() and value.isascii() and len(value) < 10:
+            length = int(value)
+            if length > limits.max_body_size:
+                raise RemoteProtocolError(413, "Request Entity Too Large", message=msg)
+        else:
+            length = _content_length(msg.headers, limits, msg)
+    body = data[body_start : body_start + length]  # type: ignore[operator]
+    if len(body) < length:  # type: ignore[operator]
+        raise RemoteProtocolError(400, "body shorter than Content-Length", message=msg)
+    msg.body = body
     return msg
 
 

@@ -9,6 +9,7 @@ SdpNegotiationError, which carries status 488 for the user agent to send.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -313,44 +314,49 @@ class Media(_Attributes):
 
     def codecs(self) -> list[Codec]:
         """The offered payload formats in order (static types filled in), unknown ones left out."""
-        maps: dict[str, str] = {}
+        maps: dict[str, tuple[str, Codec | None]] = {}
         fmtps: dict[str, str] = {}
         raw = self._raw
         if raw is not None:
+            cache = _RTPMAP_CACHE
             for line in raw:
+                entry = cache.get(line)
+                if entry is not None:
+                    maps[entry[0]] = entry
+                    continue
                 first = line[:1]
                 if first == "r" and line.startswith("rtpmap:"):
-                    pt, _, spec = line[7:].partition(" ")
-                    maps[pt] = spec
+                    entry = _rtpmap_entry(line[7:])
+                    if len(cache) < _RTPMAP_CACHE_SIZE:
+                        cache[line] = entry
+                    maps[entry[0]] = entry
                 elif first == "f" and line.startswith("fmtp:"):
                     pt, _, params = line[5:].partition(" ")
                     fmtps[pt] = params.strip()
         else:
             for key, value in self.attributes:
                 if key == "rtpmap" and value:
-                    pt, _, spec = value.partition(" ")
-                    maps[pt] = spec
+                    entry = _rtpmap_entry(value)
+                    maps[entry[0]] = entry
                 elif key == "fmtp" and value:
                     pt, _, params = value.partition(" ")
                     fmtps[pt] = params.strip()
         out = []
         for pt in self.formats:
-            if not pt.isdigit():
-                continue
-            spec = maps.get(pt)
-            try:
-                if spec is not None:
-                    parts = spec.strip().split("/")
-                    channels = int(parts[2]) if len(parts) > 2 else 1
-                    codec = (parts[0], int(parts[1]), int(pt), channels, fmtps.get(pt))
-                elif pt in STATIC_PAYLOADS:
-                    name, rate, channels = STATIC_PAYLOADS[pt]
-                    codec = (name, rate, int(pt), channels, fmtps.get(pt))
-                else:
+            entry = maps.get(pt)
+            if entry is not None:
+                codec = entry[1]
+                if codec is None:
+                    continue  # an rtpmap we cannot read is a format we do not use
+            else:
+                codec = _STATIC_CODECS.get(pt)
+                if codec is None:
                     continue
-                out.append(_new_codec(Codec, codec))
-            except (ValueError, IndexError):
-                continue  # a format we cannot read is one we do not use
+            if fmtps:
+                fmtp = fmtps.get(pt)
+                if fmtp is not None:
+                    codec = _new_codec(Codec, (codec[0], codec[1], codec[2], codec[3], fmtp))
+            out.append(codec)
         return out
 
     @property
@@ -383,6 +389,30 @@ class Media(_Attributes):
         out += [f"{k}={v}" for k, v in self.other if k == "k"]
         out += self._attribute_lines()
         return out
+
+
+# rtpmap attribute line -> (payload type as written, its Codec without fmtp, or None when the
+# line cannot be read). Phones send the same few lines on every call, so this stays small;
+# it simply stops growing at _RTPMAP_CACHE_SIZE entries.
+_RTPMAP_CACHE: dict[str, tuple[str, Codec | None]] = {}
+_RTPMAP_CACHE_SIZE = 512
+_STATIC_CODECS = {
+    pt: Codec(name, rate, int(pt), channels)
+    for pt, (name, rate, channels) in STATIC_PAYLOADS.items()
+}
+
+
+def _rtpmap_entry(value: str) -> tuple[str, Codec | None]:
+    """'9 G722/8000' -> ('9', Codec('G722', 8000, 9))."""
+    pt, _, spec = value.partition(" ")
+    if not pt.isdigit():
+        return pt, None  # never one of the m= line's formats that we read
+    parts = spec.strip().split("/")
+    try:
+        channels = int(parts[2]) if len(parts) > 2 else 1
+        return pt, _new_codec(Codec, (parts[0], int(parts[1]), int(pt), channels, None))
+    except (ValueError, IndexError):
+        return pt, None
 
 
 def _digits(text: str) -> bool:
@@ -464,53 +494,65 @@ class SessionDescription(_Attributes):
     # -- reading ------------------------------------------------------------------------
     @classmethod
     def parse(cls, data: bytes | str) -> SessionDescription:
+        """Parse an SDP body; SdpError (400) for anything RFC 8866 does not allow.
+
+        The usual layout (v, o, s, optional c, t, then a= lines; each m= section a media line
+        followed by a= lines only) is read with one pattern match for the session part and two
+        splits per media section; anything else goes line by line. Both give the same result
+        (tests/unit/sip checks that on mutated bodies).
+        """
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
         breaks = text.count("\n")
         if text.count("\r") != breaks or text.count("\r\n") != breaks:
-            # LF-only or mixed line ends are tolerated; a CR anywhere else is not.
-            text = text.replace("\r\n", "\n")
-            if "\r" in text:
-                raise SdpError("bare CR")
-            text = text.replace("\n", "\r\n")
-        text = text.rstrip("\r\n")
-        if not text.startswith("v=0") or text[3:5] not in ("", "\r\n"):
-            raise SdpError("first line must be v=0")
-        sdp = cls.__new__(cls)
-        sdp.version = 0
-        sdp._origin = None  # type: ignore[assignment]
-        sdp.name = "-"
-        sdp.connection = None
-        sdp.times = []
-        sdp.bandwidths = []
-        sdp.media = []
-        sdp.other = []
-        sdp._pairs = None
-        sections = text.split("\r\nm=")
-        head, sdp._raw = _split_section(sections[0])
-        for line in head[1:]:
-            kind = line[:2]
-            if kind == "o=":
-                sdp._origin = _origin_parts(line[2:])
-            elif kind == "s=":
-                sdp.name = line[2:]
-            elif kind == "c=":
-                sdp.connection = _parse_connection(line[2:])
-            elif kind == "t=":
-                sdp.times.append(line[2:])
+            text = _normalise_line_ends(text)
+        sections = text.rstrip("\r\n").split("\r\nm=")
+        m = _SESSION_RE.fullmatch(sections[0])
+        if m is None:
+            sdp = _parse_session(sections[0])
+        else:
+            user, sid, version, nettype, addrtype, address, name, *rest = m.groups()
+            cnet, ctype, caddr, times, attrs = rest
+            raw = [] if attrs is None else attrs.split("\r\na=")
+            if attrs is not None and attrs.count("\r\n") != len(raw) - 1:
+                sdp = _parse_session(sections[0])  # a line other than a= among the attributes
             else:
-                _session_line(sdp, line)
+                sdp = _new(cls)
+                sdp.version = 0
+                sdp._origin = [user, sid, version, nettype, addrtype, address]
+                sdp.name = name
+                sdp.connection = None if cnet is None else _connection(cnet, ctype, caddr)
+                sdp.times = [times]
+                sdp.bandwidths = []
+                sdp.other = []
+                sdp._pairs = None
+                sdp._raw = raw
+        media_list = sdp.media = []
         for section in sections[1:]:
-            lines, raw = _split_section(section)
-            media = _parse_media(lines[0])
-            media._raw = raw
-            media._pairs = None
-            for line in lines[1:]:
-                _media_line(media, line)
-            sdp.media.append(media)
-        if sdp._origin is None:
-            raise SdpError("missing o= line")
-        if not sdp.times:
-            sdp.times = ["0 0"]
+            mline, crlf, rest = section.partition("\r\n")
+            if not crlf:
+                media = _parse_media(mline)
+                media._raw = []
+            elif rest[:2] == "a=":
+                raw = rest[2:].split("\r\na=")
+                if rest.count("\r\n") == len(raw) - 1:
+                    media = _parse_media(mline)
+                    media._raw = raw
+                else:
+                    media = _parse_media_section(section)
+            else:
+                media = _parse_media_section(section)
+            media_list.append(media)
+        return sdp
+
+    @classmethod
+    def _parse_general(cls, text: str) -> SessionDescription:
+        """The line-by-line reader alone (the reference the fast path is tested against)."""
+        breaks = text.count("\n")
+        if text.count("\r") != breaks or text.count("\r\n") != breaks:
+            text = _normalise_line_ends(text)
+        sections = text.rstrip("\r\n").split("\r\nm=")
+        sdp = _parse_session(sections[0])
+        sdp.media = [_parse_media_section(section) for section in sections[1:]]
         return sdp
 
     def direction_of(self, media: Media) -> str:
@@ -544,6 +586,70 @@ class SessionDescription(_Attributes):
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
+
+
+_new = object.__new__
+
+# v=, o=, s=, an optional c= and one t= line in this order, then a= lines (checked by the
+# caller to be a= lines only): what phones and PBXs send. Fields as the line reader takes them.
+_SESSION_RE = re.compile(
+    r"v=0\r\n"
+    r"o=([^ \r\n]+) ([^ \r\n]+) ([0-9]{1,20}) ([^ \r\n]+) ([^ \r\n]+) ([^ \r\n]+)\r\n"
+    r"s=([^\r\n]*)\r\n"
+    r"(?:c=([^ \r\n]+) ([^ \r\n]+) ([^ \r\n]+)\r\n)?"
+    r"t=([^\r\n]*)"
+    r"(?:\r\na=(.*))?",
+    re.S,
+)
+
+
+def _normalise_line_ends(text: str) -> str:
+    """LF-only or mixed line ends are tolerated; a CR anywhere else is not."""
+    text = text.replace("\r\n", "\n")
+    if "\r" in text:
+        raise SdpError("bare CR")
+    return text.replace("\n", "\r\n")
+
+
+def _connection(nettype: str, addrtype: str, address: str) -> Connection:
+    conn = _new(Connection)
+    conn.address = address
+    conn.addrtype = addrtype
+    conn.nettype = nettype
+    return conn
+
+
+def _parse_session(text: str) -> SessionDescription:
+    """The session section line by line: v=0 first, o= required, the rest in any order."""
+    if not text.startswith("v=0") or text[3:5] not in ("", "\r\n"):
+        raise SdpError("first line must be v=0")
+    sdp = _new(SessionDescription)
+    sdp.version = 0
+    sdp._origin = None  # type: ignore[assignment]
+    sdp.name = "-"
+    sdp.connection = None
+    sdp.times = []
+    sdp.bandwidths = []
+    sdp.media = []
+    sdp.other = []
+    sdp._pairs = None
+    head, sdp._raw = _split_section(text)
+    for line in head[1:]:
+        _session_line(sdp, line)
+    if sdp._origin is None:
+        raise SdpError("missing o= line")
+    if not sdp.times:
+        sdp.times = ["0 0"]
+    return sdp
+
+
+def _parse_media_section(text: str) -> Media:
+    lines, raw = _split_section(text)
+    media = _parse_media(lines[0])
+    media._raw = raw
+    for line in lines[1:]:
+        _media_line(media, line)
+    return media
 
 
 def _split_section(text: str) -> tuple[list[str], list[str]]:
@@ -611,23 +717,33 @@ def _media_line(media: Media, line: str) -> None:
 
 
 def _parse_media(value: str) -> Media:
+    """An m= line (without 'm='); the caller fills in the attributes."""
     parts = value.split(" ")
     if len(parts) < 3 or "" in parts:
         raise SdpError(f"bad m= line {value[:60]!r}")
-    port_text, _, count = parts[1].partition("/")
-    if not _digits(port_text) or int(port_text) > 65535:
+    port_text = parts[1]
+    count = None
+    if not (port_text.isdigit() and port_text.isascii() and len(port_text) < 10):
+        port_text, _, count_text = port_text.partition("/")
+        if not _digits(port_text):
+            raise SdpError(f"bad port in m= line {value[:60]!r}")
+        if count_text:
+            if not _digits(count_text):
+                raise SdpError(f"bad port count in m= line {value[:60]!r}")
+            count = int(count_text)
+    port = int(port_text)
+    if port > 65535:
         raise SdpError(f"bad port in m= line {value[:60]!r}")
-    if count and not _digits(count):
-        raise SdpError(f"bad port count in m= line {value[:60]!r}")
-    media = Media.__new__(Media)
+    media = _new(Media)
     media.kind = parts[0]
-    media.port = int(port_text)
-    media.port_count = int(count) if count else None
+    media.port = port
+    media.port_count = count
     media.proto = parts[2]
     media.formats = parts[3:]
     media.connection = None
     media.bandwidths = []
     media.other = []
+    media._pairs = None
     return media
 
 

@@ -51,10 +51,11 @@ _SIP_RE = re.compile(
 _PCHARS = rf"[{_UNRESERVED}\[\]/:&+$]+"
 _SIP_FAST_RE = re.compile(
     rf"(?:([{_UNRESERVED}&=+$,;?/]+)(?::([{_UNRESERVED}&=+$,]*))?@)?"
-    r"([A-Za-z0-9](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_\-.])?)"
+    r"([A-Za-z0-9][A-Za-z0-9_\-.]*)"  # the same language as _HOSTNAME_RE, without backtracking
     r"(?::([0-9]{1,5}))?"
     rf"((?:;{_PCHARS}(?:={_PCHARS})?)*)"
 )
+_new = object.__new__
 
 # Safe sets for escaping when building: what each component may carry literally.
 _SAFE_USER = "!~*'()&=+$,;?/"
@@ -188,24 +189,8 @@ class SipUri(Uri):
         scheme = text[:colon].lower()
         if colon < 0 or scheme not in ("sip", "sips"):
             raise _bad("SIP URI", text)
-        m = _SIP_FAST_RE.fullmatch(text, colon + 1)
-        if m is not None:
-            # No escapes, IPv6 or headers: every part is already checked by the regex.
-            uri = cls.__new__(cls)
-            uri.scheme = scheme
-            uri._text = text
-            uri.user, uri.password, uri.host, port, params = m.groups()
-            uri.port = None if port is None else int(port)
-            if uri.port is not None and uri.port > 65535:
-                raise _bad("port", text)
-            uri.headers = []
-            if params:
-                uri.params = {}
-                for item in params[1:].split(";"):
-                    name, eq, value = item.partition("=")
-                    uri.params[name.lower()] = value if eq else None
-            else:
-                uri.params = {}
+        uri = _sip_fast(text, colon + 1, scheme)
+        if uri is not None:
             return uri
         m = _SIP_RE.fullmatch(text, colon + 1)
         if m is None:
@@ -413,11 +398,49 @@ def _parse_uri_headers(text: str, whole: str) -> list[tuple[str, str]]:
     return headers
 
 
+def _sip_fast(text: str, start: int, scheme: str) -> SipUri | None:
+    """A sip/sips URI without escapes, IPv6 or headers, whose every part one pattern checks."""
+    m = _SIP_FAST_RE.fullmatch(text, start)
+    if m is None:
+        return None
+    uri = _new(SipUri)
+    uri.scheme = scheme
+    uri._text = text
+    uri.user, uri.password, uri.host, port, params = m.groups()
+    if port is None:
+        uri.port = None
+    else:
+        uri.port = int(port)
+        if uri.port > 65535:
+            raise _bad("port", text)
+    uri.headers = []
+    uri.params = {}
+    if params:
+        names = _PARAM_NAMES
+        for item in params[1:].split(";"):
+            name, eq, value = item.partition("=")
+            uri.params[names.get(name) or name.lower()] = value if eq else None
+    return uri
+
+
+# URI parameter names as usually written -> lower case (saves a lower() per parameter).
+_PARAM_NAMES = {
+    name: name.lower()
+    for name in (
+        "transport", "user", "method", "ttl", "maddr", "lr", "ob", "gr", "line", "rinstance"
+    )
+}  # fmt: skip
+
+
 def parse_uri(text: str) -> Uri:
     """Parse any URI: sip/sips and tel get their own types, other schemes stay opaque.
 
     Raises RemoteProtocolError(400) for text that is not a URI at all.
     """
+    if text[:4] == "sip:":  # the usual case, without lower-casing the scheme first
+        uri = _sip_fast(text, 4, "sip")
+        if uri is not None:
+            return uri
     scheme = text[:5].lower()
     if scheme.startswith(("sip:", "sips:")):
         return SipUri.parse(text)
