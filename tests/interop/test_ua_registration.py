@@ -123,3 +123,28 @@ def test_fails_over_to_backup_registrar(kam: Kamailio, peer_set: PeerSet, run_po
         kam.start()
     assert porch.stop()[0] == 0
     backup.wait_unregistered("door2", timeout=2)
+
+
+def test_registers_again_at_once_when_the_pbx_drops_its_tcp_connection(
+    peer_set: PeerSet, run_porch
+):
+    """Kamailio restarts between two keepalives, long before porch's refresh (600 s asked,
+    and granted: the refresh is 9 minutes away). Its exit closes porch's TCP connection and
+    it forgets every binding; porch registers again (the same registration: Call-ID kept)
+    as soon as it is back, so calls reach the door again within seconds."""
+    pbx = peer_set.kamailio(tls=False)
+    porch = run_porch({"sip": sip_section(pbx, "tcp", "door2", register_expires=600)})
+    wait_registration(porch, "registered")
+    before = pbx.wait_registered("door2", timeout=5, transport="tcp")
+    assert int(before["Expires"]) > 500, before
+    pbx.restart()
+    after = pbx.wait_registered("door2", timeout=10, transport="tcp")
+    assert after["Call-ID"] == before["Call-ID"]
+    assert int(after["CSeq"]) > int(before["CSeq"])
+    assert "the registrar closed our tcp connection: registering again" in porch.log()
+    wait_registration(porch, "registered")
+    call = peer_set.sipp.run(
+        "uac_call", pbx.address("udp"), service="door2", duration_ms=200, timeout=10
+    )
+    assert call.ok and call.log_lines("HUNGUP"), call.report()
+    assert porch.stop()[0] == 0

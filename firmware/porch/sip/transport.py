@@ -505,8 +505,9 @@ class Flow(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        by_peer = not self.closed  # `close()` marks the flows we end ourselves
         self.closed = True
-        self.owner._flow_down(self)
+        self.owner._flow_down(self, by_peer)
 
     def write(self, data: bytes) -> None:
         if not self.open:
@@ -675,7 +676,10 @@ class SipTransport:
 
     Callbacks (plain functions, called on the loop; exceptions are logged and swallowed):
     `on_message(msg, source)`, `on_bad_input(BadInput)`,
-    `on_public_address(transport, (host, port))`, `on_flow_failed(transport, dest, reason)`.
+    `on_public_address(transport, (host, port))`, `on_flow_failed(transport, dest, reason)`,
+    `on_connection_closed(transport, (host, port))`: a TCP/TLS connection in use (either
+    direction) ended without us closing it: the peer closed or reset it, or the network
+    failed (not idle closing, keepalive failures, which have their own callback, or stop).
     """
 
     def __init__(
@@ -689,6 +693,7 @@ class SipTransport:
         on_bad_input: Callable[[BadInput], None] | None = None,
         on_public_address: Callable[[str, Address], None] | None = None,
         on_flow_failed: Callable[[str, Address, str], None] | None = None,
+        on_connection_closed: Callable[[str, Address], None] | None = None,
         tls_ca: str | None = None,
         tls_client_context: ssl.SSLContext | None = None,
         tls_server_context: ssl.SSLContext | None = None,
@@ -710,6 +715,7 @@ class SipTransport:
         self.on_bad_input = on_bad_input
         self.on_public_address = on_public_address
         self.on_flow_failed = on_flow_failed
+        self.on_connection_closed = on_connection_closed
         self.tls_ca = tls_ca
         self._client_ctx = tls_client_context
         self._server_ctx = tls_server_context
@@ -1051,9 +1057,13 @@ class SipTransport:
             old.close()
         self._flows[flow.key] = flow
 
-    def _flow_down(self, flow: Flow) -> None:
-        if self._flows.get(flow.key) is flow:
-            del self._flows[flow.key]
+    def _flow_down(self, flow: Flow, by_peer: bool) -> None:
+        if self._flows.get(flow.key) is not flow:
+            return  # replaced by a newer connection to the same peer, or refused
+        del self._flows[flow.key]
+        if by_peer:
+            log.debug("%s connection %s:%s closed by the far end", flow.kind, *flow.remote)
+            self._call(self.on_connection_closed, flow.kind, flow.remote)
 
     def _stream_data(self, flow: Flow, data: bytes) -> None:
         try:

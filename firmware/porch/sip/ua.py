@@ -224,7 +224,8 @@ class UserAgent:
         self._layer_handle: asyncio.TimerHandle | None = None
         self._layer_due: float | None = None
         self._reg_handle: asyncio.TimerHandle | None = None
-        self._reg_target: Target | None = None
+        # Where the REGISTERs to each registrar (by URI) last went: the registration's flow.
+        self._reg_targets: dict[str, Target] = {}
         self._keepalive_to: tuple[str, tuple[str, int]] | None = None
         self._unregistered = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -268,6 +269,7 @@ class UserAgent:
                 on_message=self._on_message,
                 on_bad_input=self._on_bad_input,
                 on_flow_failed=self._on_flow_failed,
+                on_connection_closed=self._on_connection_closed,
                 tls_ca=self.cfg.sip.tls_ca or None,
             )
 
@@ -850,17 +852,21 @@ class UserAgent:
             return
         self._registration_actions(actions)
 
+    def _registration_target(self) -> Target | None:
+        """Where our REGISTERs to the current registrar go (it, or the outbound proxy): the
+        flow the registrar reaches us by (RFC 5626)."""
+        reg = self.registration
+        return self._reg_targets.get(str(reg.registrar)) if reg is not None else None
+
     def _start_keepalive(self) -> None:
         interval = self.cfg.sip.keepalive_seconds
-        target = self._reg_target
+        target = self._registration_target()
         if not interval or target is None or self.transport is None or self._stopping:
             return
         key = (target.transport, (target.host, target.port))
         if self._keepalive_to == key:
             return
-        if self._keepalive_to is not None:
-            old_transport, old_dest = self._keepalive_to
-            self.transport.stop_keepalive(old_dest, old_transport)
+        self._stop_keepalive()
         self._keepalive_to = key
         registrar = self.registration.registrar if self.registration else None
         uri = None
@@ -876,18 +882,36 @@ class UserAgent:
         )
 
     def _on_flow_failed(self, transport: str, destination: tuple[str, int], reason: str) -> None:
-        """The keepalive to the registrar failed: register again now (RFC 5626 4.4.1)
-        rather than at the next refresh, so a restarted or replaced PBX learns of us."""
+        """The keepalive to the registrar failed (RFC 5626 4.4.1)."""
+        if self._keepalive_to == (transport, destination):
+            self._register_again(f"keepalive to the registrar failed ({reason})")
+
+    def _on_connection_closed(self, transport: str, peer: tuple[str, int]) -> None:
+        """The far end closed the TCP/TLS connection our registration runs over (a PBX
+        restarting, a NAT or firewall dropping it): the registrar can no longer reach us."""
+        target = self._registration_target()
+        if target is None or target.transport != transport:
+            return
+        if (target.host.strip("[]"), target.port) == peer:
+            self._register_again(f"the registrar closed our {transport} connection")
+
+    def _register_again(self, why: str) -> None:
+        """The registration's flow is gone: register again now, over a new one, rather than
+        at the next refresh, so a restarted or replaced PBX learns of us (RFC 5626 4.5)."""
         reg = self.registration
-        if reg is None or self._stopping or self._keepalive_to != (transport, destination):
+        if reg is None or self._stopping:
             return
         if reg.state is not RegState.REGISTERED or reg.failures or reg.active.outstanding:
             return  # already retrying (with its backoff and failover): leave it to that
-        log.warning("keepalive to the registrar failed (%s): registering again", reason)
-        self._keepalive_to = None
-        if self.transport is not None:
-            self.transport.stop_keepalive(destination, transport)
+        log.warning("%s: registering again", why)
+        self._stop_keepalive()
         self._registration_actions(reg.start(self.now()))
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_to is not None and self.transport is not None:
+            transport, destination = self._keepalive_to
+            self.transport.stop_keepalive(destination, transport)
+        self._keepalive_to = None
 
     def _public_address(self, transport: str, address: tuple[str, int]) -> None:
         """The registrar (a REGISTER response of ours) or STUN says we are seen at `address`
@@ -1729,7 +1753,7 @@ class _RegisterHandler:
         self.action = action
 
     def sent(self, key: ClientKey, request: Request, target: Target) -> None:
-        self.ua._reg_target = target
+        self.ua._reg_targets[str(self.action.registrar)] = target
 
     def __call__(self, event: Any) -> None:
         self.ua._registration_outcome(self.action, event)

@@ -152,6 +152,44 @@ def test_response_after_connection_loss_opens_a_new_one_to_sent_by():
     run(main())
 
 
+def test_connection_closed_by_the_far_end_is_reported_but_not_our_own_closes():
+    async def main():
+        closed: list[tuple[str, tuple[str, int]]] = []
+        far_end: list[asyncio.StreamWriter] = []
+
+        async def accept(reader, writer):
+            far_end.append(writer)
+            await reader.read()  # until we close
+
+        peer = await asyncio.start_server(accept, "127.0.0.1", 0)
+        dest = ("127.0.0.1", peer.sockets[0].getsockname()[1])
+        async with SipTransport(
+            "127.0.0.1",
+            0,
+            transports=("tcp",),
+            idle_timeout=0.3,
+            on_connection_closed=lambda *a: closed.append(a),
+        ) as t:
+            # The far end (a PBX going down) closes the connection we opened.
+            await t.send(sip_request(via=str(t.make_via("tcp"))), dest, "tcp")
+            await wait_for(lambda: len(far_end) == 1)
+            far_end[0].close()
+            await wait_for(lambda: closed)
+            assert closed == [("tcp", dest)]
+            assert t.flow("tcp", dest) is None
+            # A new connection, which we close ourselves when it is idle: nothing reported.
+            await t.send(sip_request(via=str(t.make_via("tcp"))), dest, "tcp")
+            await wait_for(lambda: t.stats.idle_closed == 1, timeout=3)
+            # And one that is open when the transport stops.
+            await t.send(sip_request(via=str(t.make_via("tcp"))), dest, "tcp")
+            await wait_for(lambda: len(far_end) == 3)
+        await asyncio.sleep(0.05)
+        assert closed == [("tcp", dest)]
+        peer.close()
+
+    run(main())
+
+
 def test_crlf_ping_is_answered_with_a_pong_even_when_split():
     async def main():
         async with SipTransport("127.0.0.1", 0, transports=("tcp",)) as t:
