@@ -304,8 +304,11 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         via = via_fast(text)
-        if via is not None:
-            return via
+        return via if via is not None else cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> Via:
+        """Any Via value RFC 3261 allows (LWS, IPv6, quoted parameters...)."""
         m = _VIA_RE.match(text)
         if m is None:
             raise RemoteProtocolError(400, f"bad Via: {text[:80]!r}")
@@ -439,8 +442,11 @@ class NameAddress:
     @classmethod
     def parse(cls, text: str) -> NameAddress:
         addr = name_addr_fast(text)
-        if addr is not None:
-            return addr
+        return addr if addr is not None else cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> NameAddress:
+        """Any name-addr or addr-spec with header parameters."""
         n = len(text)
         if n == 0:
             raise RemoteProtocolError(400, "empty address")

@@ -906,6 +906,18 @@ def _content_length(headers: Headers, limits: Limits, msg: Parsed) -> int | None
     return length
 
 
+def _head_general(data: bytes, limits: Limits) -> tuple[Parsed, list[str], int]:
+    """The header section wherever an empty line (CRLF or LF) ends it; and the body start."""
+    m = _BLANK_LINE.search(data)
+    if m is None:
+        raise RemoteProtocolError(400, "no end of the header section")
+    end = m.start()
+    if end and data[end - 1] == 13:  # b"\r"
+        end -= 1
+    msg, keys = _parse_head(data[:end], limits)
+    return msg, keys, m.end()
+
+
 def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
     """Parse one message from a UDP datagram.
 
@@ -927,14 +939,7 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
             msg, keys = _head_from_lines(lines, text, limits)
             body_start = end + 4
     if msg is None:  # LF-only or mixed line ends
-        m = _BLANK_LINE.search(data)
-        if m is None:
-            raise RemoteProtocolError(400, "no end of the header section")
-        end = m.start()
-        if end and data[end - 1] == 13:  # b"\r"
-            end -= 1
-        body_start = m.end()
-        msg, keys = _parse_head(data[:end], limits)
+        msg, keys, body_start = _head_general(data, limits)
     if keys.count("content-length") != 1:
         length = _content_length(msg.headers, limits, msg)  # none, or several to compare
         if length is None:

@@ -374,7 +374,7 @@ class Media(_Attributes):
         if not value:
             return None
         parts = value.split()
-        if not _digits(parts[0]):
+        if not parts or not _digits(parts[0]):  # 'a=rtcp: ' has no port at all
             return None
         address = parts[3] if len(parts) >= 4 else None
         return int(parts[0]), address

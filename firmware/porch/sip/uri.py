@@ -190,8 +190,12 @@ class SipUri(Uri):
         if colon < 0 or scheme not in ("sip", "sips"):
             raise _bad("SIP URI", text)
         uri = _sip_fast(text, colon + 1, scheme)
-        if uri is not None:
-            return uri
+        return uri if uri is not None else cls._parse_general(text, colon + 1, scheme)
+
+    @classmethod
+    def _parse_general(cls, text: str, start: int, scheme: str) -> SipUri:
+        """Every part checked on its own: escapes, IPv6 references, URI headers."""
+        colon = start - 1
         m = _SIP_RE.fullmatch(text, colon + 1)
         if m is None:
             raise _bad("SIP URI", text)

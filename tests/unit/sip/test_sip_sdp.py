@@ -291,3 +291,13 @@ def test_missing_connection_is_reported() -> None:
     )
     with pytest.raises(SdpError):
         answer_for(offer)
+
+
+def test_blank_rtcp_attribute_is_ignored() -> None:
+    offer = SessionDescription.parse(
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\n"
+        "m=audio 5004 RTP/AVP 0\r\na=rtcp: \r\n"
+    )
+    assert offer.media[0].rtcp is None
+    _, session = answer_for(offer)
+    assert session.remote_rtcp_port == 5005  # RTP port + 1, as without a=rtcp
