@@ -301,30 +301,23 @@ _NC_INPUTS = (
     I.START, I.R1XX, I.R2XX, I.R3XX_6XX, I.TRANSPORT_ERROR, I.TU_CANCEL,
     I.TIMER_E, I.TIMER_F, I.TIMER_K,
 )  # fmt: skip
+
+# Trying and Proceeding take responses, timer F and transport errors alike; they differ in
+# timer E (doubling up to T2 in Trying, every T2 once a provisional response came).
+_NC_WAITING: dict[Input, Entry] = {
+    I.START: _STARTED,
+    I.TIMER_F: T(S.TERMINATED, A.INFORM_TIMEOUT),
+    I.R1XX: T(S.PROCEEDING, A.PASS_RESPONSE),
+    I.R2XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
+    I.R3XX_6XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
+    I.TRANSPORT_ERROR: T(S.TERMINATED, A.INFORM_TRANSPORT_ERROR),
+    I.TU_CANCEL: _NOT_INVITE,
+    I.TIMER_K: _STALE,
+}
 _NC: dict[State, dict[Input, Entry]] = {
     S.INIT: _row(_NC_INPUTS, _NOT_STARTED, START=T(S.TRYING, A.SEND_REQUEST, A.START_E, A.START_F)),
-    S.TRYING: {
-        I.START: _STARTED,
-        I.TIMER_E: T(S.TRYING, A.SEND_REQUEST, A.BACKOFF_E),
-        I.TIMER_F: T(S.TERMINATED, A.INFORM_TIMEOUT),
-        I.R1XX: T(S.PROCEEDING, A.PASS_RESPONSE),
-        I.R2XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
-        I.R3XX_6XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
-        I.TRANSPORT_ERROR: T(S.TERMINATED, A.INFORM_TRANSPORT_ERROR),
-        I.TU_CANCEL: _NOT_INVITE,
-        I.TIMER_K: _STALE,
-    },
-    S.PROCEEDING: {
-        I.START: _STARTED,
-        I.TIMER_E: T(S.PROCEEDING, A.SEND_REQUEST, A.E_AT_T2),
-        I.TIMER_F: T(S.TERMINATED, A.INFORM_TIMEOUT),
-        I.R1XX: T(S.PROCEEDING, A.PASS_RESPONSE),
-        I.R2XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
-        I.R3XX_6XX: T(S.COMPLETED, A.CANCEL_TIMERS, A.PASS_RESPONSE, A.START_K),
-        I.TRANSPORT_ERROR: T(S.TERMINATED, A.INFORM_TRANSPORT_ERROR),
-        I.TU_CANCEL: _NOT_INVITE,
-        I.TIMER_K: _STALE,
-    },
+    S.TRYING: {**_NC_WAITING, I.TIMER_E: T(S.TRYING, A.SEND_REQUEST, A.BACKOFF_E)},
+    S.PROCEEDING: {**_NC_WAITING, I.TIMER_E: T(S.PROCEEDING, A.SEND_REQUEST, A.E_AT_T2)},
     S.COMPLETED: {
         I.START: _STARTED,
         I.R1XX: Ignore("response retransmission absorbed"),
@@ -715,30 +708,27 @@ def _copy_fields(request: Request, names: tuple[str, ...]) -> list[tuple[str, st
 def build_ack(request: Request, response: Response) -> Request:
     """The ACK for a non-2xx final response (RFC 3261 17.1.1.3): same Request-URI, Call-ID,
     From, CSeq number and top Via as the INVITE, To from the response, the INVITE's Route."""
-    return build_request(
-        "ACK",
-        request.target,
-        via=request.headers.values("via")[0],
-        from_=request.headers.get("from") or "",
-        to=response.headers.get("to") or "",
-        call_id=request.call_id,
-        cseq=request.cseq.number,
-        route=[v for n, v in _copy_fields(request, ("route",))],
-    )
+    return _hop_by_hop("ACK", request, to=response.headers.get("to") or "")
 
 
 def build_cancel(request: Request) -> Request:
     """CANCEL for an INVITE (RFC 3261 9.1): identical Request-URI, Call-ID, From, To, CSeq
     number, top Via and Route."""
+    return _hop_by_hop("CANCEL", request, to=request.headers.get("to") or "")
+
+
+def _hop_by_hop(method: str, invite: Request, *, to: str) -> Request:
+    """A request that stands for the INVITE's own transaction hop by hop (ACK of a non-2xx,
+    CANCEL): the INVITE's Request-URI, top Via, From, Call-ID, CSeq number and Route."""
     return build_request(
-        "CANCEL",
-        request.target,
-        via=request.headers.values("via")[0],
-        from_=request.headers.get("from") or "",
-        to=request.headers.get("to") or "",
-        call_id=request.call_id,
-        cseq=request.cseq.number,
-        route=[v for n, v in _copy_fields(request, ("route",))],
+        method,
+        invite.target,
+        via=invite.headers.values("via")[0],
+        from_=invite.headers.get("from") or "",
+        to=to,
+        call_id=invite.call_id,
+        cseq=invite.cseq.number,
+        route=[v for n, v in _copy_fields(invite, ("route",))],
     )
 
 
@@ -782,7 +772,9 @@ class _Transaction:
     request: Request
     peer: Any
 
-    def __init__(self, reliable: bool, timers: Timers) -> None:
+    def __init__(self, request: Request, peer: Any, reliable: bool, timers: Timers) -> None:
+        self.request = request
+        self.peer = peer
         self.reliable = reliable
         self.timers = timers
         self.state = State.INIT
@@ -906,11 +898,9 @@ class ClientTransaction(_Transaction):
         reliable: bool = False,
         timers: Timers = DEFAULT_TIMERS,
     ) -> None:
-        super().__init__(reliable, timers)
         if request.method == "ACK":
             raise LocalProtocolError("ACK is not sent in a client transaction")
-        self.request = request
-        self.peer = peer
+        super().__init__(request, peer, reliable, timers)
         self.kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
         self.key = client_key(request)
         if not self.key.branch.startswith(MAGIC_COOKIE):
@@ -996,11 +986,9 @@ class ServerTransaction(_Transaction):
         timers: Timers = DEFAULT_TIMERS,
         key: ServerKey | None = None,
     ) -> None:
-        super().__init__(reliable, timers)
         if request.method == "ACK":
             raise LocalProtocolError("ACK does not create a server transaction")
-        self.request = request
-        self.peer = peer
+        super().__init__(request, peer, reliable, timers)
         self.kind = Kind.INVITE_SERVER if request.method == "INVITE" else Kind.NON_INVITE_SERVER
         self.key = key if key is not None else server_key(request)
         self.local_tag: str | None = None  # our To tag, once a response carried one
@@ -1218,28 +1206,29 @@ class TransactionLayer:
         if tx is None:
             raise LocalProtocolError(f"no server transaction {key}")
         out = self._post(tx, tx.send_response(response, now), now)
-        if tx.kind is Kind.INVITE_SERVER:
-            sends = [a for a in out if isinstance(a, Send) and a.message is response]
-            if sends and 200 <= response.status < 300:
-                rkey = ("2xx", response.call_id, response.cseq.number, response.to.tag)
-                self._retransmit[rkey] = _Retransmit(
-                    key, sends[0], self.timers.t1, now + self.timers.t1,
-                    now + self.timers.timeout, self.timers.t2,
-                )  # fmt: skip
-            elif sends and 100 < response.status < 200 and _is_reliable_1xx(response):
-                rseq = int((response.headers.get("rseq") or "0").strip() or 0)
-                rkey = ("1xx", response.call_id, response.cseq.number, rseq)
-                self._retransmit[rkey] = _Retransmit(
-                    key, sends[0], self.timers.t1, now + self.timers.t1,
-                    now + self.timers.timeout, None,
-                )  # fmt: skip
+        if tx.kind is not Kind.INVITE_SERVER:
+            return out
+        sends = [a for a in out if isinstance(a, Send) and a.message is response]
+        if not sends:
+            return out
+        call = (response.call_id, response.cseq.number)
+        t = self.timers
+        if 200 <= response.status < 300:
+            rkey = ("2xx", *call, response.to.tag)
+            self._retransmit[rkey] = _Retransmit(
+                key, sends[0], t.t1, now + t.t1, now + t.timeout, t.t2
+            )
+        elif 100 < response.status < 200 and _is_reliable_1xx(response):
+            rseq = int((response.headers.get("rseq") or "0").strip() or 0)
+            rkey = ("1xx", *call, rseq)
+            self._retransmit[rkey] = _Retransmit(
+                key, sends[0], t.t1, now + t.t1, now + t.timeout, None
+            )
         return out
 
     def transport_error(self, key: Key, now: float) -> list[Action]:
         """The edge could not send a message of transaction `key`."""
-        tx: _Transaction | None = (
-            self.clients.get(key) if isinstance(key, ClientKey) else self.servers.get(key)
-        )
+        tx = self._lookup(key)
         if tx is None:
             return []
         return self._post(tx, tx.on_transport_error(now), now)
@@ -1299,16 +1288,12 @@ class TransactionLayer:
         if request.method == "CANCEL":
             return self._on_cancel(request, key, peer, reliable, now)
         out: list[Action] = []
-        to_tag = request.to.tag
-        mkey = None
-        if to_tag is None:
-            cseq = request.cseq
-            mkey = (request.from_.tag or "", request.call_id, cseq.number, cseq.method)
+        mkey = _merge_key(request)
+        if mkey is not None:
             other = self._merged.get(mkey)
             if other is not None and other in self.servers:
                 return self._merged_request(request, key, peer, reliable, now)
-        tx = ServerTransaction(request, peer, reliable=reliable, timers=self.timers, key=key)
-        self.servers[key] = tx
+        tx = self._new_server(request, key, peer, reliable)
         if mkey is not None:
             self._merged[mkey] = key
         if request.method == "PRACK":
@@ -1329,8 +1314,7 @@ class TransactionLayer:
     def _on_cancel(
         self, cancel: Request, key: ServerKey, peer: Any, reliable: bool, now: float
     ) -> list[Action]:
-        ctx = ServerTransaction(cancel, peer, reliable=reliable, timers=self.timers, key=key)
-        self.servers[key] = ctx
+        ctx = self._new_server(cancel, key, peer, reliable)
         out = self._post(ctx, ctx.start(now), now)
         out = [a for a in out if not isinstance(a, RequestReceived)]
         invite = self.servers.get(ServerKey(key.branch, key.sent_by, "INVITE"))
@@ -1354,8 +1338,7 @@ class TransactionLayer:
         self, request: Request, key: ServerKey, peer: Any, reliable: bool, now: float
     ) -> list[Action]:
         self.stats.merged += 1
-        tx = ServerTransaction(request, peer, reliable=reliable, timers=self.timers, key=key)
-        self.servers[key] = tx
+        tx = self._new_server(request, key, peer, reliable)
         out = [a for a in tx.start(now) if not isinstance(a, RequestReceived)]
         resp = make_response(request, 482, to_tag=self._token())
         out += self._post(tx, tx.send_response(resp, now), now)
@@ -1370,6 +1353,13 @@ class TransactionLayer:
         return []
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _new_server(
+        self, request: Request, key: ServerKey, peer: Any, reliable: bool
+    ) -> ServerTransaction:
+        tx = ServerTransaction(request, peer, reliable=reliable, timers=self.timers, key=key)
+        self.servers[key] = tx
+        return tx
+
     def _post(self, tx: _Transaction, actions: list[Action], now: float) -> list[Action]:
         """Turn internal actions into layer work; forget terminated transactions."""
         out: list[Action] = []
@@ -1402,12 +1392,18 @@ class TransactionLayer:
             return
         assert isinstance(tx, ServerTransaction)
         self.servers.pop(tx.key, None)  # type: ignore[arg-type]
-        req = tx.request
-        if req.to.tag is None:
-            cseq = req.cseq
-            mkey = (req.from_.tag or "", req.call_id, cseq.number, cseq.method)
-            if self._merged.get(mkey) == tx.key:
-                del self._merged[mkey]
+        mkey = _merge_key(tx.request)
+        if mkey is not None and self._merged.get(mkey) == tx.key:
+            del self._merged[mkey]
+
+
+def _merge_key(request: Request) -> tuple[str, str, int, str] | None:
+    """What tells a merged request (8.2.2.2: the same request by two paths) of one without
+    a To tag: From tag, Call-ID and CSeq. None for requests inside a dialog."""
+    if request.to.tag is not None:
+        return None
+    cseq = request.cseq
+    return (request.from_.tag or "", request.call_id, cseq.number, cseq.method)
 
 
 def _is_reliable_1xx(response: Response) -> bool:
