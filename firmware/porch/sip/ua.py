@@ -525,30 +525,40 @@ class UserAgent:
         if send.key is not None:
             self._process(self.layer.transport_error(send.key, self.now()))
 
-    def _send_request(self, request: Request, hop: SipUri, handler: Handler) -> None:
-        """Send `request` (any Via) in a new client transaction to `hop`; its Via is set once
-        the transport is known. `handler` gets the transaction's events."""
+    def _toward(
+        self, hop: SipUri, then: Callable[[Target], None], failed: Callable[[str], None]
+    ) -> None:
+        """Resolve `hop` (RFC 3263) and call `then` with the target to use: at once when it
+        is numeric (a press sends its INVITE in the same loop turn), else after DNS.
+        `failed` gets the reason when it cannot be resolved."""
         try:
             p = plan(hop, TRANSPORTS)
         except LocateError as exc:
-            handler(LocateFailed(exc.reason))
+            failed(exc.reason)
             return
         transport = p.transport or self.transport_name
         if p.numeric:
-            port = p.port or DEFAULT_PORTS[transport]
-            self._launch(request, Target(transport, p.host, port, p.name), handler)
+            then(Target(transport, p.host, p.port or DEFAULT_PORTS[transport], p.name))
             return
-        self._spawn(self._locate_and_launch(request, hop, transport, handler))
 
-    async def _locate_and_launch(
-        self, request: Request, hop: SipUri, transport: str, handler: Handler
-    ) -> None:
-        try:
-            targets = await locate(hop, transports=(transport,), families=("A",))
-        except LocateError as exc:
-            handler(LocateFailed(exc.reason))
-            return
-        self._launch(request, targets[0], handler)
+        async def located() -> None:
+            try:
+                targets = await locate(hop, transports=(transport,), families=("A",))
+            except LocateError as exc:
+                failed(exc.reason)
+                return
+            then(targets[0])
+
+        self._spawn(located())
+
+    def _send_request(self, request: Request, hop: SipUri, handler: Handler) -> None:
+        """Send `request` (any Via) in a new client transaction to `hop`; its Via is set once
+        the transport is known. `handler` gets the transaction's events."""
+        self._toward(
+            hop,
+            lambda target: self._launch(request, target, handler),
+            lambda reason: handler(LocateFailed(reason)),
+        )
 
     def _launch(self, request: Request, target: Target, handler: Handler) -> None:
         assert self.transport is not None
@@ -572,12 +582,6 @@ class UserAgent:
         hop = next_hop(ack)
         if not isinstance(hop, SipUri):
             return
-        try:
-            p = plan(hop, TRANSPORTS)
-        except LocateError as exc:
-            log.warning("cannot route ACK: %s", exc.reason)
-            return
-        transport = p.transport or self.transport_name
 
         def go(target: Target) -> None:
             assert self.transport is not None
@@ -585,19 +589,7 @@ class UserAgent:
             ack.headers.set("Via", str(via))
             self._process(self.layer.send_ack(ack, target, now=self.now()))
 
-        if p.numeric:
-            go(Target(transport, p.host, p.port or DEFAULT_PORTS[transport], p.name))
-            return
-
-        async def later() -> None:
-            try:
-                targets = await locate(hop, transports=(transport,), families=("A",))
-            except LocateError as exc:
-                log.warning("cannot route ACK: %s", exc.reason)
-                return
-            go(targets[0])
-
-        self._spawn(later())
+        self._toward(hop, go, lambda reason: log.warning("cannot route ACK: %s", reason))
 
     def _reply(
         self,
@@ -1319,14 +1311,18 @@ class UserAgent:
         self._arm_plan(call)
 
     def _arm_plan(self, call: Call) -> None:
-        handle = call.handles.pop("ring", None)
+        due = call.plan.deadline if call.plan is not None else None
+        self._arm_call_timer(call, "ring", due, self._plan_fired)
+
+    def _arm_call_timer(
+        self, call: Call, name: str, due: float | None, fire: Callable[[Call, float], None]
+    ) -> None:
+        """(Re)schedule the call's timer `name`: `fire(call, due)` at `due`; None cancels."""
+        handle = call.handles.pop(name, None)
         if handle is not None:
             handle.cancel()
-        if call.plan is None or call.over or self._loop is None:
-            return
-        due = call.plan.deadline
-        if due is not None:
-            call.handles["ring"] = self._loop.call_at(due, self._plan_fired, call, due)
+        if due is not None and not call.over and self._loop is not None:
+            call.handles[name] = self._loop.call_at(due, fire, call, due)
 
     def _plan_fired(self, call: Call, due: float) -> None:
         call.handles.pop("ring", None)
@@ -1585,13 +1581,8 @@ class UserAgent:
             call.media.update(audio)
 
     def _arm_session_timer(self, call: Call) -> None:
-        handle = call.handles.pop("session", None)
-        if handle is not None:
-            handle.cancel()
-        if call.timer is None or call.over or self._loop is None:
-            return
-        due = call.timer.deadline
-        call.handles["session"] = self._loop.call_at(due, self._session_timer_fired, call, due)
+        due = call.timer.deadline if call.timer is not None else None
+        self._arm_call_timer(call, "session", due, self._session_timer_fired)
 
     def _session_timer_fired(self, call: Call, due: float) -> None:
         call.handles.pop("session", None)
