@@ -119,3 +119,43 @@ def test_baselines_and_reference():
     assert a.delay == 30 and np.array_equal(np.concatenate(outs)[30:], x[: 5 * n - 30])
     assert np.abs(a.lost(n)).max() > 1000
     assert set(CONCEALERS) == {"plc", "appendix1", "zero", "repeat"}
+
+
+def _primed(rate: int, x: np.ndarray, frames: int = 10) -> Concealer:
+    n = rate // 50
+    c = Concealer(rate)
+    for i in range(frames):
+        c.good(x[i * n : (i + 1) * n])
+    return c
+
+
+def test_extension_previews_the_concealment_without_using_it_up():
+    rate, n = 16000, 320
+    x = voiced(rate, 0.5)
+    c = _primed(rate, x)
+    ahead = c.extension(n + 22)
+    assert not c.in_gap
+    out = c.lost(n)
+    assert np.array_equal(ahead[:n], out)
+    assert np.array_equal(ahead[n:], c.peek(22))
+
+
+def test_bridge_to_a_guessed_frame_fades_its_tail_into_the_real_one():
+    """A stateful decoder can only guess the frame after a gap: the bridge aims at the
+    guess, reaches `tail` samples into the frame and is faded out there."""
+    rate, n, tail = 16000, 320, 64
+    x = voiced(rate, 0.5, f0=118.0)
+    truth = x[10 * n : 11 * n].astype(float)
+    nxt = x[11 * n : 12 * n]
+    guess = (nxt * 0.9).astype(np.int16)  # the right shape at the wrong level
+    one_sided = _primed(rate, x)
+    plain = one_sided.lost(n).astype(float)
+    c = _primed(rate, x)
+    out = c.lost(n, guess, tail=tail).astype(float)
+    assert np.sum((out - truth) ** 2) < 0.7 * np.sum((plain - truth) ** 2)
+    assert not np.array_equal(c.peek(22), one_sided.peek(22))  # what follows is the tail
+    joined = c.good(nxt)
+    assert not np.array_equal(joined[:tail], nxt[:tail])
+    assert np.array_equal(joined[tail:], nxt[tail:])
+    step = abs(float(joined[0]) - out[-1])
+    assert step < 0.2 * np.abs(truth).max()  # no click where the frame starts
