@@ -7,6 +7,9 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from porch.sip.message import Request, Response, make_response
+from porch.sip.transport import SipTransport, Source
+
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
     """Run one test coroutine on a fresh loop, bounded so a hang fails instead of blocking."""
@@ -51,6 +54,28 @@ def sip_request(
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+class Responder:
+    """A UAS stand-in on a transport: keeps what arrives and, unless `answer` is False,
+    answers every request but ACK with 200 over the transport."""
+
+    def __init__(self, transport: SipTransport, *, answer: bool = True) -> None:
+        self.transport = transport
+        self.answer = answer
+        self.requests: list[tuple[Request, Source]] = []
+        self.responses: list[tuple[Response, Source]] = []
+        transport.on_message = self.on_message
+
+    def on_message(self, msg: Request | Response, source: Source) -> None:
+        if isinstance(msg, Response):
+            self.responses.append((msg, source))
+            return
+        self.requests.append((msg, source))
+        if self.answer and msg.method != "ACK":
+            asyncio.get_running_loop().create_task(
+                self.transport.respond(make_response(msg, 200, to_tag="srv"), source)
+            )
 
 
 class UdpPeer(asyncio.DatagramProtocol):

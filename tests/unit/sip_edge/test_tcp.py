@@ -4,31 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from sip_edge_util import run, sip_request, wait_for
+from sip_edge_util import Responder, run, sip_request, wait_for
 
 from porch.sip.message import Request, Response, StreamParser, make_response
 from porch.sip.transport import SipTransport, Source, TransportError
-
-
-class Server:
-    """A UAS stand-in: answers requests with 200 over the transport and records traffic."""
-
-    def __init__(self, transport: SipTransport, *, answer: bool = True) -> None:
-        self.transport = transport
-        self.answer = answer
-        self.requests: list[tuple[Request, Source]] = []
-        self.responses: list[tuple[Response, Source]] = []
-        transport.on_message = self.on_message
-
-    def on_message(self, msg, source: Source) -> None:
-        if isinstance(msg, Response):
-            self.responses.append((msg, source))
-            return
-        self.requests.append((msg, source))
-        if self.answer and msg.method != "ACK":
-            asyncio.get_running_loop().create_task(
-                self.transport.respond(make_response(msg, 200, to_tag="t"), source)
-            )
 
 
 async def read_messages(reader: asyncio.StreamReader, count: int) -> list:
@@ -45,7 +24,7 @@ async def read_messages(reader: asyncio.StreamReader, count: int) -> list:
 def test_framing_across_split_writes_and_pipelined_messages():
     async def main():
         async with SipTransport("127.0.0.1", 0, transports=("tcp",)) as t:
-            server = Server(t)
+            server = Responder(t)
             reader, writer = await asyncio.open_connection("127.0.0.1", t.ports["tcp"])
             body = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
             one = sip_request(
@@ -96,7 +75,7 @@ def test_outgoing_connection_is_reused_and_responses_come_back_on_it():
             SipTransport("127.0.0.1", 0, transports=("tcp",)) as a,
             SipTransport("127.0.0.1", 0, transports=("tcp",)) as b,
         ):
-            client, server = Server(a, answer=False), Server(b)
+            client, server = Responder(a, answer=False), Responder(b)
             dest = ("127.0.0.1", b.ports["tcp"])
             # Three concurrent sends share one connection (one connect, not three).
             await asyncio.gather(
@@ -132,7 +111,7 @@ def test_response_after_connection_loss_opens_a_new_one_to_sent_by():
             SipTransport("127.0.0.1", 0, transports=("tcp",)) as a,
             SipTransport("127.0.0.1", 0, transports=("tcp",)) as b,
         ):
-            client = Server(a, answer=False)
+            client = Responder(a, answer=False)
             got: list[tuple[Request, Source]] = []
             b.on_message = lambda m, s: got.append((m, s))
             await a.send(
@@ -258,7 +237,7 @@ def test_idle_connections_are_closed_but_keepalive_flows_are_kept():
             SipTransport("127.0.0.1", 0, transports=("tcp",), idle_timeout=0.3) as a,
             SipTransport("127.0.0.1", 0, transports=("tcp",)) as b,
         ):
-            Server(b)
+            Responder(b)
             dest = ("127.0.0.1", b.ports["tcp"])
             await a.send(sip_request(via=str(a.make_via("tcp"))), dest, "tcp")
             assert a.flow("tcp", dest) is not None
@@ -276,7 +255,7 @@ def test_idle_connections_are_closed_but_keepalive_flows_are_kept():
 def test_malformed_request_over_tcp_gets_400_after_earlier_good_ones():
     async def main():
         async with SipTransport("127.0.0.1", 0, transports=("tcp",)) as t:
-            server = Server(t)
+            server = Responder(t)
             reader, writer = await asyncio.open_connection("127.0.0.1", t.ports["tcp"])
             good = sip_request(via="SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKg", call_id="good")
             bad = (

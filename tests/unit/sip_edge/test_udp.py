@@ -5,39 +5,16 @@ from __future__ import annotations
 import logging
 import socket
 
-from sip_edge_util import run, sip_request, udp_peer, wait_for
+from sip_edge_util import Responder, run, sip_request, udp_peer, wait_for
 
 from porch.sip.headers import Via
-from porch.sip.message import Request, Response, make_response, parse_datagram
+from porch.sip.message import Response, parse_datagram
 from porch.sip.transport import (
     DSCP_CS3,
     SipTransport,
-    Source,
     response_destination,
     stamp_via,
 )
-
-
-class Responder:
-    """A UAS stand-in on the transport: answers every request with 200 and keeps them."""
-
-    def __init__(self, transport: SipTransport) -> None:
-        self.transport = transport
-        self.requests: list[tuple[Request, Source]] = []
-        self.responses: list[tuple[Response, Source]] = []
-        transport.on_message = self.on_message
-
-    def on_message(self, msg, source: Source) -> None:
-        if isinstance(msg, Response):
-            self.responses.append((msg, source))
-            return
-        self.requests.append((msg, source))
-        if msg.method != "ACK":
-            import asyncio
-
-            asyncio.get_running_loop().create_task(
-                self.transport.respond(make_response(msg, 200, to_tag="srv"), source)
-            )
 
 
 def test_request_delivered_and_answered_to_source_with_rport():

@@ -39,6 +39,14 @@ def audio(port: int, direction: str = "sendrecv", codec: Codec = PCMU) -> AudioS
     )
 
 
+async def talking(door: MediaSession, phone: MediaSession) -> None:
+    """Both sessions bound and sending to each other (PCMU, sendrecv), as in a call."""
+    await door.open()
+    await phone.open()
+    door.start(audio(phone.port))
+    phone.start(audio(door.port))
+
+
 async def until(predicate, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -78,11 +86,8 @@ def test_audio_and_feedback_tone_reach_the_far_end(run, tmp_path):
     async def main():
         door = MediaSession("127.0.0.1", audible=False)
         phone = MediaSession("127.0.0.1", sink=tmp_path / "heard.wav")
-        await door.open()
-        await phone.open()
+        await talking(door, phone)
         assert door.port % 2 == 0 and door.port != phone.port
-        door.start(audio(phone.port))
-        phone.start(audio(door.port))
         await until(lambda: phone.receiver.stats.packets >= 10)
         door.feedback("confirm")  # 880 Hz then 1320 Hz, about 0.36 s
         await until(lambda: door._tone is None)
@@ -140,10 +145,7 @@ def test_inband_tones_become_digits(run, tmp_path):
         got: list[tuple[str, str]] = []
         phone = MediaSession("127.0.0.1", source=source)
         door = MediaSession("127.0.0.1", on_dtmf=lambda d, s: got.append((d, s)))
-        await phone.open()
-        await door.open()
-        phone.start(audio(door.port))
-        door.start(audio(phone.port))
+        await talking(door, phone)
         await until(lambda: len(got) >= 4)
         phone.close()
         door.close()
@@ -156,10 +158,7 @@ def test_hold_stops_sending_and_resume_starts_again(run):
     async def main():
         door = MediaSession("127.0.0.1")
         phone = MediaSession("127.0.0.1")
-        await door.open()
-        await phone.open()
-        door.start(audio(phone.port))
-        phone.start(audio(door.port))
+        await talking(door, phone)
         await until(lambda: phone.receiver.stats.packets >= 5)
         door.update(audio(phone.port, "recvonly"))  # the far end put us on hold
         held_at = door.frames_sent
@@ -182,10 +181,7 @@ def test_codec_change_and_close_before_start(run):
         assert idle.close() == {}  # never started: no figures
         door = MediaSession("127.0.0.1")
         phone = MediaSession("127.0.0.1")
-        await door.open()
-        await phone.open()
-        door.start(audio(phone.port))
-        phone.start(audio(door.port))
+        await talking(door, phone)
         await until(lambda: phone.receiver.stats.packets >= 5)
         g722 = Codec("G722", 8000, 9)
         door.update(audio(phone.port, codec=g722))
