@@ -232,7 +232,7 @@ class Concealer:
         self._join = None
         syn = self._continuation(self._erased, n + tail)
         if future is not None and len(future) - tail >= self.pmin + self.order + 8:
-            back = self._backward(np.asarray(future[tail:], dtype=np.float64), n + tail)
+            back = self._backward(np.asarray(future[tail:], dtype=np.float64), n + tail, not tail)
             w = np.cos(np.linspace(0, np.pi / 2, n + tail)) ** 2
             syn = syn * w + back * (1 - w)
             if tail:
@@ -311,14 +311,16 @@ class Concealer:
         out[:m] = syn[:m] * gain[:m]
         return out
 
-    def _backward(self, future: np.ndarray, n: int) -> np.ndarray:
-        """Extend the next frame backwards in time over the gap."""
+    def _backward(self, future: np.ndarray, n: int, refine: bool = True) -> np.ndarray:
+        """Extend the next frame backwards in time over the gap. `refine` looks for
+        the pitch again in the frame; a guessed frame is not worth the search (it
+        made no difference to G.722's PESQ)."""
         rev = future[::-1]
         a = lpc(rev, self.order, self.rate)
         p = self._p
         lo, hi = max(self.pmin, int(p * 0.8)), min(self.pmax, int(p * 1.25))
         span = len(rev) - self.order
-        if hi < span // 2:  # enough of the frame to refine the pitch locally
+        if refine and hi < span // 2:
             p = find_pitch(rev, lo, hi, span - hi)
         p = min(p, span)
         return _extrapolate(rev, a, p, n)[::-1]
