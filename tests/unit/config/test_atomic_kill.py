@@ -31,7 +31,8 @@ def documents() -> tuple[dict, dict]:
     return a, b
 
 
-def writer(path: Path, docs: tuple[dict, dict], start: int) -> None:
+def writer(path: Path, docs: tuple[dict, dict], start: int, ready: int) -> None:
+    os.write(ready, b"!")  # running: the parent's random delay starts now, even under load
     i = start
     while True:
         save(path, docs[i % 2])
@@ -50,12 +51,17 @@ def test_sigkill_during_saves_never_leaves_a_broken_file(tmp_path: Path) -> None
     seen_versions = set()
     kills_with_leftover = 0
     for round_no in range(ROUNDS):
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                writer(path, docs, round_no)
+                os.close(ready_r)
+                writer(path, docs, round_no, ready_w)
             finally:
                 os._exit(1)
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"!"
+        os.close(ready_r)
         time.sleep(rng.uniform(0.0, 0.025))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
