@@ -606,6 +606,10 @@ def address(uri: Uri | str, display_name: str | None = None, **params: str | Non
 # CSeq and MIME types
 # ---------------------------------------------------------------------------------------
 
+_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "PRACK", "UPDATE",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)  # fmt: skip
 _CSEQ_RE = re.compile(rf"([0-9]{{1,10}})[ \t]+([{TOKEN_CHARS}]+)")
 
 
@@ -625,16 +629,15 @@ class CSeq:
         number, space, method = text.partition(" ")
         if (
             space
+            and (method in _METHODS or (method and _TOKEN_SET.issuperset(method)))
             and number.isdigit()
             and number.isascii()
             and len(number) <= 10
-            and method
-            and _TOKEN_SET.issuperset(method)
         ):
             value = int(number)
             if value > 2**32 - 1:
                 raise RemoteProtocolError(400, "CSeq number too large")
-            cseq = cls.__new__(cls)
+            cseq = _new(cls)
             cseq.number = value
             cseq.method = method
             return cseq
@@ -668,6 +671,9 @@ class CSeq:
         yield self.method
 
 
+# 'type/subtype' texts without parameters, as met -> (type, subtype, mime); bounded.
+_MEDIA_TYPES: dict[str, tuple[str, str, str]] = {}
+
 _MEDIA_RE = re.compile(rf"([{TOKEN_CHARS}]+)[ \t]*/[ \t]*([{TOKEN_CHARS}]+)[ \t]*")
 
 
@@ -688,14 +694,22 @@ class MediaType:
 
     @classmethod
     def parse(cls, text: str) -> MediaType:
+        known = _MEDIA_TYPES.get(text)
+        if known is not None:  # 'application/sdp' and the like: nothing else to read
+            media = _new(cls)
+            media.type, media.subtype, media.mime = known
+            media.params = {}
+            return media
         type_, slash, subtype = text.partition("/")
         if slash and _TOKEN_SET.issuperset(type_) and _TOKEN_SET.issuperset(subtype) and type_:
-            if subtype:  # 'application/sdp': nothing else to read
-                media = cls.__new__(cls)
+            if subtype:
+                media = _new(cls)
                 media.type = type_.lower()
                 media.subtype = subtype.lower()
                 media.mime = f"{media.type}/{media.subtype}"
                 media.params = {}
+                if len(_MEDIA_TYPES) < 256:
+                    _MEDIA_TYPES[text] = (media.type, media.subtype, media.mime)
                 return media
         m = _MEDIA_RE.match(text)
         if m is None:

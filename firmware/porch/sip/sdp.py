@@ -314,30 +314,33 @@ class Media(_Attributes):
 
     def codecs(self) -> list[Codec]:
         """The offered payload formats in order (static types filled in), unknown ones left out."""
-        maps: dict[str, tuple[str, Codec | None]] = {}
+        maps: dict[str, tuple[bool, str, Codec | None]] = {}
         fmtps: dict[str, str] = {}
         raw = self._raw
         if raw is not None:
-            cache = _RTPMAP_CACHE
+            cache = _FORMAT_LINES
             for line in raw:
                 entry = cache.get(line)
-                if entry is not None:
-                    maps[entry[0]] = entry
-                    continue
-                first = line[:1]
-                if first == "r" and line.startswith("rtpmap:"):
-                    entry = _rtpmap_entry(line[7:])
-                    if len(cache) < _RTPMAP_CACHE_SIZE:
+                if entry is None:
+                    first = line[:1]
+                    if first == "r" and line.startswith("rtpmap:"):
+                        entry = _rtpmap_entry(line[7:])
+                    elif first == "f" and line.startswith("fmtp:"):
+                        pt, _, params = line[5:].partition(" ")
+                        entry = (True, pt, params.strip())
+                    else:
+                        continue
+                    if len(cache) < _FORMAT_LINES_SIZE and len(line) <= 48:
                         cache[line] = entry
-                    maps[entry[0]] = entry
-                elif first == "f" and line.startswith("fmtp:"):
-                    pt, _, params = line[5:].partition(" ")
-                    fmtps[pt] = params.strip()
+                if entry[0]:
+                    fmtps[entry[1]] = entry[2]  # type: ignore[assignment]
+                else:
+                    maps[entry[1]] = entry  # type: ignore[assignment]
         else:
             for key, value in self.attributes:
                 if key == "rtpmap" and value:
                     entry = _rtpmap_entry(value)
-                    maps[entry[0]] = entry
+                    maps[entry[1]] = entry  # type: ignore[assignment]
                 elif key == "fmtp" and value:
                     pt, _, params = value.partition(" ")
                     fmtps[pt] = params.strip()
@@ -345,7 +348,7 @@ class Media(_Attributes):
         for pt in self.formats:
             entry = maps.get(pt)
             if entry is not None:
-                codec = entry[1]
+                codec = entry[2]
                 if codec is None:
                     continue  # an rtpmap we cannot read is a format we do not use
             else:
@@ -391,28 +394,29 @@ class Media(_Attributes):
         return out
 
 
-# rtpmap attribute line -> (payload type as written, its Codec without fmtp, or None when the
-# line cannot be read). Phones send the same few lines on every call, so this stays small;
-# it simply stops growing at _RTPMAP_CACHE_SIZE entries.
-_RTPMAP_CACHE: dict[str, tuple[str, Codec | None]] = {}
-_RTPMAP_CACHE_SIZE = 512
+# a=rtpmap and a=fmtp lines as met (short ones) -> what codecs() reads from them:
+# (False, payload type, Codec without fmtp, or None if unreadable) for rtpmap and
+# (True, payload type, parameters) for fmtp. Phones send the same few lines on every call,
+# so this stays small; it simply stops growing at _FORMAT_LINES_SIZE entries.
+_FORMAT_LINES: dict[str, tuple[bool, str, Codec | str | None]] = {}
+_FORMAT_LINES_SIZE = 512
 _STATIC_CODECS = {
     pt: Codec(name, rate, int(pt), channels)
     for pt, (name, rate, channels) in STATIC_PAYLOADS.items()
 }
 
 
-def _rtpmap_entry(value: str) -> tuple[str, Codec | None]:
-    """'9 G722/8000' -> ('9', Codec('G722', 8000, 9))."""
+def _rtpmap_entry(value: str) -> tuple[bool, str, Codec | None]:
+    """'9 G722/8000' -> (False, '9', Codec('G722', 8000, 9))."""
     pt, _, spec = value.partition(" ")
     if not pt.isdigit():
-        return pt, None  # never one of the m= line's formats that we read
+        return False, pt, None  # never one of the m= line's formats that we read
     parts = spec.strip().split("/")
     try:
         channels = int(parts[2]) if len(parts) > 2 else 1
-        return pt, _new_codec(Codec, (parts[0], int(parts[1]), int(pt), channels, None))
+        return False, pt, _new_codec(Codec, (parts[0], int(parts[1]), int(pt), channels, None))
     except (ValueError, IndexError):
-        return pt, None
+        return False, pt, None
 
 
 def _digits(text: str) -> bool:
@@ -457,7 +461,7 @@ class SessionDescription(_Attributes):
         other: list[tuple[str, str]] | None = None,
         version: int = 0,
     ) -> None:
-        self._origin: Origin | list[str] = origin
+        self._origin: Origin | str = origin  # the o= text until first read
         self.name = name
         self.connection = connection
         self.times = times if times is not None else ["0 0"]
@@ -471,9 +475,10 @@ class SessionDescription(_Attributes):
     @property
     def origin(self) -> Origin:
         origin = self._origin
-        if isinstance(origin, list):  # checked by parse(), built on first use
+        if isinstance(origin, str):  # checked by parse(), built on first use
+            parts = origin.split(" ")
             origin = self._origin = Origin(
-                origin[0], origin[1], int(origin[2]), origin[5], origin[4], origin[3]
+                parts[0], parts[1], int(parts[2]), parts[5], parts[4], parts[3]
             )
         return origin
 
@@ -496,53 +501,17 @@ class SessionDescription(_Attributes):
     def parse(cls, data: bytes | str) -> SessionDescription:
         """Parse an SDP body; SdpError (400) for anything RFC 8866 does not allow.
 
-        The usual layout (v, o, s, optional c, t, then a= lines; each m= section a media line
-        followed by a= lines only) is read with one pattern match for the session part and two
-        splits per media section; anything else goes line by line. Both give the same result
-        (tests/unit/sip checks that on mutated bodies).
+        The usual layout (CRLF line ends; v, o, s, optional c, t, then a= lines; each m=
+        section a media line followed by a= lines only) is read with one pattern match for
+        the session part and two splits per media section; anything else goes line by line.
+        Both give the same result (tests/unit/sip checks that on mutated bodies).
         """
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-        breaks = text.count("\n")
-        if text.count("\r") != breaks or text.count("\r\n") != breaks:
-            text = _normalise_line_ends(text)
-        sections = text.rstrip("\r\n").split("\r\nm=")
-        m = _SESSION_RE.fullmatch(sections[0])
-        if m is None:
-            sdp = _parse_session(sections[0])
-        else:
-            user, sid, version, nettype, addrtype, address, name, *rest = m.groups()
-            cnet, ctype, caddr, times, attrs = rest
-            raw = [] if attrs is None else attrs.split("\r\na=")
-            if attrs is not None and attrs.count("\r\n") != len(raw) - 1:
-                sdp = _parse_session(sections[0])  # a line other than a= among the attributes
-            else:
-                sdp = _new(cls)
-                sdp.version = 0
-                sdp._origin = [user, sid, version, nettype, addrtype, address]
-                sdp.name = name
-                sdp.connection = None if cnet is None else _connection(cnet, ctype, caddr)
-                sdp.times = [times]
-                sdp.bandwidths = []
-                sdp.other = []
-                sdp._pairs = None
-                sdp._raw = raw
-        media_list = sdp.media = []
-        for section in sections[1:]:
-            mline, crlf, rest = section.partition("\r\n")
-            if not crlf:
-                media = _parse_media(mline)
-                media._raw = []
-            elif rest[:2] == "a=":
-                raw = rest[2:].split("\r\na=")
-                if rest.count("\r\n") == len(raw) - 1:
-                    media = _parse_media(mline)
-                    media._raw = raw
-                else:
-                    media = _parse_media_section(section)
-            else:
-                media = _parse_media_section(section)
-            media_list.append(media)
-        return sdp
+        try:
+            sdp = _parse_usual(text)
+        except SdpError:
+            sdp = None  # the line-by-line reader says what is wrong
+        return sdp if sdp is not None else cls._parse_general(text)
 
     @classmethod
     def _parse_general(cls, text: str) -> SessionDescription:
@@ -565,7 +534,7 @@ class SessionDescription(_Attributes):
     # -- writing ------------------------------------------------------------------------
     def __str__(self) -> str:
         origin = self._origin
-        origin_text = " ".join(origin) if isinstance(origin, list) else str(origin)
+        origin_text = origin if isinstance(origin, str) else str(origin)
         out = ["v=0", f"o={origin_text}", f"s={self.name or '-'}"]
         other = self.other
         out += [f"{k}={v}" for k, v in other if k in "iuep"]
@@ -594,13 +563,56 @@ _new = object.__new__
 # caller to be a= lines only): what phones and PBXs send. Fields as the line reader takes them.
 _SESSION_RE = re.compile(
     r"v=0\r\n"
-    r"o=([^ \r\n]+) ([^ \r\n]+) ([0-9]{1,20}) ([^ \r\n]+) ([^ \r\n]+) ([^ \r\n]+)\r\n"
+    r"o=([^ \r\n]+ [^ \r\n]+ [0-9]{1,20} [^ \r\n]+ [^ \r\n]+ [^ \r\n]+)\r\n"
     r"s=([^\r\n]*)\r\n"
     r"(?:c=([^ \r\n]+) ([^ \r\n]+) ([^ \r\n]+)\r\n)?"
     r"t=([^\r\n]*)"
     r"(?:\r\na=(.*))?",
     re.S,
 )
+
+
+def _parse_usual(text: str) -> SessionDescription | None:
+    """The usual layout in few steps, or None (then the line-by-line reader decides)."""
+    body = text[:-2] if text[-2:] == "\r\n" else text
+    sections = body.split("\r\nm=")
+    m = _SESSION_RE.fullmatch(sections[0])
+    if m is None:
+        return None
+    origin, name, cnet, ctype, caddr, times, attrs = m.groups()
+    sdp = _new(SessionDescription)
+    sdp.version = 0
+    sdp._origin = origin
+    sdp.name = name
+    sdp.connection = None if cnet is None else _connection(cnet, ctype, caddr)
+    sdp.times = [times]
+    sdp.bandwidths = []
+    sdp.other = []
+    sdp._pairs = None
+    # Every piece is one line only if none holds a CR or LF any more: checked below at once.
+    pieces = sdp._raw = [] if attrs is None else attrs.split("\r\na=")
+    if len(sections) > 1:
+        pieces = list(pieces)
+        media_list = sdp.media = []
+        for section in sections[1:]:
+            mline, crlf, lines = section.partition("\r\n")
+            if crlf:
+                if lines[:2] != "a=":
+                    return None  # c=, b=, i= or k= in the media section
+                raw = lines[2:].split("\r\na=")
+            else:
+                raw = []
+            media = _parse_media(mline)
+            media._raw = raw
+            media_list.append(media)
+            pieces.append(mline)
+            pieces += raw
+    else:
+        sdp.media = []
+    joined = "".join(pieces)
+    if "\r" in joined or "\n" in joined:
+        return None
+    return sdp
 
 
 def _normalise_line_ends(text: str) -> str:
@@ -684,7 +696,8 @@ def _session_line(sdp: SessionDescription, line: str) -> None:
     kind = line[0]
     value = line[2:]
     if kind == "o":
-        sdp._origin = _origin_parts(value)
+        _origin_parts(value)  # checked now, read when first used
+        sdp._origin = value
     elif kind == "s":
         sdp.name = value
     elif kind == "c":
@@ -719,7 +732,7 @@ def _media_line(media: Media, line: str) -> None:
 def _parse_media(value: str) -> Media:
     """An m= line (without 'm='); the caller fills in the attributes."""
     parts = value.split(" ")
-    if len(parts) < 3 or "" in parts:
+    if len(parts) < 3 or not all(parts):
         raise SdpError(f"bad m= line {value[:60]!r}")
     port_text = parts[1]
     count = None

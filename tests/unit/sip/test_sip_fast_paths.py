@@ -288,12 +288,12 @@ def check_sdp(text: str) -> None:
     # codecs() through the rtpmap cache, cold and warm, and through (name, value) pairs
     for media in fast[1].media:
         warm = media.codecs()
-        saved = dict(sdp_module._RTPMAP_CACHE)
-        sdp_module._RTPMAP_CACHE.clear()
+        saved = dict(sdp_module._FORMAT_LINES)
+        sdp_module._FORMAT_LINES.clear()
         try:
             assert media.codecs() == warm
         finally:
-            sdp_module._RTPMAP_CACHE.update(saved)
+            sdp_module._FORMAT_LINES.update(saved)
         media.attributes  # noqa: B018 - turns the raw a= lines into pairs
         assert media.codecs() == warm, text
 
