@@ -1,8 +1,9 @@
 """RFC 4475 torture messages: what the parser produces, or which status a UAS answers.
 
 A UAS here means: parse_datagram(), then validate_request() with the methods and option
-tags a door phone implements. Over UDP the messages' Via headers name foreign hosts; these
-tests never send anything (the over-the-wire run needs the user agent of a later issue).
+tags a door phone implements. These tests never send anything: the same messages go to the
+running firmware over UDP, inside a loopback-only network namespace, in
+tests/system/test_torture_udp.py.
 """
 
 from __future__ import annotations
@@ -532,15 +533,3 @@ def test_every_message_parses_or_fails_cleanly() -> None:
                 validate_response(msg)
         except RemoteProtocolError:
             pass
-
-
-OVER_UDP = (
-    "sending the torture messages to a running UA over UDP, inside a loopback-only network "
-    "namespace, needs the user agent, which a later issue builds"
-)
-
-
-@pytest.mark.netns
-@pytest.mark.skip(reason=OVER_UDP)
-def test_torture_messages_over_udp_to_the_user_agent() -> None:
-    """Placeholder: the same messages, sent to porch's UA in `ip netns`, answered as above."""
