@@ -208,7 +208,8 @@ def parse_params(text: str, pos: int = 0) -> dict[str, str | None]:
 
 
 _PARAMS_FAST_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)+")
-_PARAMS_TOKENS = rf"((?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)*)"  # the same, as a group
+# The same as a group, possessive (nothing after it needs characters back): fewer steps.
+_PARAMS_TOKENS = rf"((?:;[{TOKEN_CHARS}]++(?:=[{TOKEN_CHARS}]++)?)*+)"
 
 # Parameter names as they are usually written -> lower case, to skip a lower() per parameter.
 _PARAM_NAMES = {
@@ -271,7 +272,7 @@ _VIA_RE = re.compile(
 
 # The usual form in one match: token transport, host name or IPv4, port, token parameters.
 _VIA_FAST_RE = re.compile(
-    rf"SIP/2\.0/([{TOKEN_CHARS}]+) ([A-Za-z0-9][A-Za-z0-9_\-.]*)(?::([0-9]{{1,5}}))?"
+    rf"SIP/2\.0/([{TOKEN_CHARS}]++) ([A-Za-z0-9][A-Za-z0-9_\-.]*+)(?::([0-9]{{1,5}}))?"
     + _PARAMS_TOKENS
 )
 
@@ -408,7 +409,7 @@ def via_fast(text: str) -> Via | None:
 
 _QUOTED_HEAD_RE = re.compile(rf"({_QUOTED})[ \t]*", re.S)
 # '"Display" <uri>;tag=x' or '<uri>' with token parameters: the usual From/To/Contact.
-_NAME_ADDR_FAST_RE = re.compile(r'(?:"([^"\\]*)"[ \t]*)?<([^<> \t]+)>' + _PARAMS_TOKENS)
+_NAME_ADDR_FAST_RE = re.compile(r'(?:"([^"\\]*+)"[ \t]*+)?<([^<> \t]++)>' + _PARAMS_TOKENS)
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 

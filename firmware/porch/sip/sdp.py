@@ -563,10 +563,10 @@ _new = object.__new__
 # caller to be a= lines only): what phones and PBXs send. Fields as the line reader takes them.
 _SESSION_RE = re.compile(
     r"v=0\r\n"
-    r"o=([^ \r\n]+ [^ \r\n]+ [0-9]{1,20} [^ \r\n]+ [^ \r\n]+ [^ \r\n]+)\r\n"
-    r"s=([^\r\n]*)\r\n"
-    r"(?:c=([^ \r\n]+) ([^ \r\n]+) ([^ \r\n]+)\r\n)?"
-    r"t=([^\r\n]*)"
+    r"o=([^ \r\n]++ [^ \r\n]++ [0-9]{1,20} [^ \r\n]++ [^ \r\n]++ [^ \r\n]++)\r\n"
+    r"s=([^\r\n]*+)\r\n"
+    r"(?:c=([^ \r\n]++) ([^ \r\n]++) ([^ \r\n]++)\r\n)?"
+    r"t=([^\r\n]*+)"
     r"(?:\r\na=(.*))?",
     re.S,
 )

@@ -50,10 +50,10 @@ _SIP_RE = re.compile(
 # The common case in one go: no %-escapes, no IPv6 reference, no headers.
 _PCHARS = rf"[{_UNRESERVED}\[\]/:&+$]+"
 _SIP_FAST_RE = re.compile(
-    rf"(?:([{_UNRESERVED}&=+$,;?/]+)(?::([{_UNRESERVED}&=+$,]*))?@)?"
-    r"([A-Za-z0-9][A-Za-z0-9_\-.]*)"  # the same language as _HOSTNAME_RE, without backtracking
+    rf"(?:([{_UNRESERVED}&=+$,;?/]++)(?::([{_UNRESERVED}&=+$,]*+))?@)?"
+    r"([A-Za-z0-9][A-Za-z0-9_\-.]*+)"  # the same language as _HOSTNAME_RE, without backtracking
     r"(?::([0-9]{1,5}))?"
-    rf"((?:;{_PCHARS}(?:={_PCHARS})?)*)"
+    rf"((?:;{_PCHARS}+(?:={_PCHARS}+)?)*+)"  # possessive: what follows needs none of it
 )
 _new = object.__new__
 
