@@ -72,7 +72,9 @@ def make_speech(folder: Path, rate: int, count: int | None = None) -> list[np.nd
                         check=True,
                         capture_output=True,
                     )
-                subprocess.run(["sox", str(raw), "-r", str(rate), str(wav)], check=True)
+                # -D: no dither, so the same passages come out bit for bit every run
+                # (sox dithers by default, which moved cells by up to 0.02 PESQ)
+                subprocess.run(["sox", str(raw), "-D", "-r", str(rate), str(wav)], check=True)
             out.append(read_wav(wav)[0])
     return out
 
