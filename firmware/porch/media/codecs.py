@@ -272,7 +272,8 @@ class G722Decoder:
         The g722 module's state cannot be copied, so a separate encoder/decoder pair
         stands in: warmed up on the last decoded audio and then on `pcm` (+ `ahead`,
         see `conceal` for the alignment), its decoder tracks what this one would be
-        after re-training, closely enough for the guess to be useful near its end."""
+        after re-training, closely enough for the guess to be useful past its first
+        few ms, which is where a bridge uses it."""
         d = G722Codec.delay
         probe = self._probe
         if probe is None:

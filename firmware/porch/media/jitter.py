@@ -31,12 +31,12 @@ Where the playout point sits. Decoded audio goes through a sample FIFO and the
 buffer drops or inserts any number of samples, so the playout point is not
 tied to packet boundaries. What is tied to the play clock is the *deadline*:
 a pull at time t must hand over everything it returns, so the packet holding
-any sample of that pull has to be here at t. Starting playback of a frame f
-samples into a pull only makes f of delay that buys nothing (the frame's
-packet was still needed at t), and the slack of every frame, pull time minus
-earliest arrival, can only take values a whole pull period apart for a given
-clock phase. The best point is therefore the smallest slack on that grid that
-covers the target, with frames starting at the pull boundaries; on average
+any sample of that pull has to be here at t. Starting a frame f samples into
+a pull adds f to its delay and buys nothing (its packet was still needed at
+t), and the slack of every frame, pull time minus earliest arrival, can only
+take values a whole pull period apart for a given clock phase. The best point
+is therefore the smallest slack on that grid that covers the target, with
+frames starting at the pull boundaries; on average
 over clock phases it costs half a pull period above the target (10 ms with
 the 20 ms ALSA period). Following the target to the sample instead was
 measured (porch.bench.media's grid, 40 ms jitter, 20 ms clock): mean delay
@@ -67,8 +67,8 @@ HYSTERESIS = 0.002  # s of excess delay ignored
 FORCE_DROP = 0.100  # s of excess delay that is shed even outside silence
 EPS = 1e-6  # s: timing comparisons tolerate float rounding
 # s of slack beyond the target: a packet due exactly at a pull is not late. It costs
-# its own size in delay; without it late loss at 40 ms jitter went 0.02 % -> 0.2 %
-# and PESQ down 0.04 (G.711) / 0.06 (G.722) on the bench's 7 s passages.
+# its own size in delay; without it, at 40 ms jitter and no loss, late loss went
+# 0.02 % -> 0.2 % and PESQ down 0.04 (G.711) / 0.06 (G.722) on the bench's passages.
 SAFETY = 0.001
 QUIET_DBFS = -55.0  # always quiet below this
 LOUD_DBFS = -30.0  # never quiet above this
