@@ -36,13 +36,13 @@ a pull adds f to its delay and buys nothing (its packet was still needed at
 t), and the slack of every frame, pull time minus earliest arrival, can only
 take values a whole pull period apart for a given clock phase. The best point
 is therefore the smallest slack on that grid that covers the target, with
-frames starting at the pull boundaries; on average
-over clock phases it costs half a pull period above the target (10 ms with
-the 20 ms ALSA period). Following the target to the sample instead was
-measured (porch.bench.media's grid, 40 ms jitter, 20 ms clock): mean delay
-49.3 -> 44.7 ms, but only by stretching with concealment (expands) whenever a
-packet was not yet there - 1-5 % of the audio - and PESQ fell 4.13 -> 3.78
-(G.711) and 3.59 -> 3.19 (G.722): late loss under another name.
+frames starting at the pull boundaries; on average over clock phases it costs
+half a pull period above the target (10 ms with the 20 ms ALSA period).
+Following the target to the sample instead was measured (porch.bench.media's
+grid, 40 ms jitter, 20 ms clock): mean delay 49.3 -> 44.7 ms, but only by
+stretching with concealment (expands) whenever a packet was not yet there -
+1-5 % of the audio - and PESQ fell 4.13 -> 3.78 (G.711) and 3.59 -> 3.19
+(G.722): late loss under another name.
 """
 
 from __future__ import annotations
