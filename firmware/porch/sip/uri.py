@@ -443,8 +443,7 @@ def parse_uri(text: str) -> Uri:
     """
     if text[:4] == "sip:":  # the usual case, without lower-casing the scheme first
         uri = _sip_fast(text, 4, "sip")
-        if uri is not None:
-            return uri
+        return uri if uri is not None else SipUri._parse_general(text, 4, "sip")
     scheme = text[:5].lower()
     if scheme.startswith(("sip:", "sips:")):
         return SipUri.parse(text)

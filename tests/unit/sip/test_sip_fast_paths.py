@@ -29,7 +29,7 @@ from porch.sip.message import (
     _split_fields_slow,
     parse_datagram,
 )
-from porch.sip.sdp import SessionDescription
+from porch.sip.sdp import STATIC_PAYLOADS, Codec, SessionDescription
 from porch.sip.uri import SipUri, _sip_fast, parse_uri
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -241,7 +241,9 @@ SDP_LINES = ["v=0", "o=- 1 1 IN IP4 192.0.2.1", "o=- 1 x IN IP4 h", "s=-", "s=",
              "t=1 2", "a=sendonly", "a=recvonly", "a=inactive", "a=rtcp:7001",
              "a=rtpmap:96 opus/48000/2", "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 G722/8000",
              "a=rtpmap:97 telephone-event/8000", "a=rtpmap:98 x", "a=rtpmap:+9 G722/8000",
-             "a=fmtp:97 0-15", "a=fmtp:0 x=1", "a=ptime:30", "a=", "m=audio 5004 RTP/AVP 0 96",
+             "a=fmtp:97 0-15", "a=fmtp:0 x=1", "a=rtpmap:9", "a=rtpmap:96 opus/x",
+             "a=rtpmap:0 PCMU/8000/1", "a=fmtp:96", "a=rtpmap:96  G722/8000", "a=ptime:30",
+             "a=", "m=audio 5004 RTP/AVP 0 96",
              "m=video 0 RTP/AVP 31", "m=audio 70000 RTP/AVP 0", "m=audio 5/2 RTP/AVP 0 +9 97",
              "m=audio", "", "x=1", "k=prompt", "a=rtpmap:8"]  # fmt: skip
 
@@ -277,6 +279,34 @@ def sdp_fields(sdp: SessionDescription) -> tuple:
     return (str(sdp), sdp.name, sdp.connection, sdp.times, sdp.direction, origin, media)
 
 
+def reference_codecs(media) -> list[Codec]:
+    """codecs() the plain way: read every rtpmap/fmtp line, fill in static payload types."""
+    maps: dict[str, str] = {}
+    fmtps: dict[str, str] = {}
+    for key, value in media._attribute_items():
+        if key == "rtpmap" and value:
+            pt, _, spec = value.partition(" ")
+            maps[pt] = spec
+        elif key == "fmtp" and value:
+            pt, _, params = value.partition(" ")
+            fmtps[pt] = params.strip()
+    out = []
+    for pt in media.formats:
+        if not pt.isdigit():
+            continue
+        try:
+            if pt in maps:
+                parts = maps[pt].strip().split("/")
+                channels = int(parts[2]) if len(parts) > 2 else 1
+                out.append(Codec(parts[0], int(parts[1]), int(pt), channels, fmtps.get(pt)))
+            elif pt in STATIC_PAYLOADS:
+                name, rate, channels = STATIC_PAYLOADS[pt]
+                out.append(Codec(name, rate, int(pt), channels, fmtps.get(pt)))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
 def check_sdp(text: str) -> None:
     fast = outcome(SessionDescription.parse, text)
     general = outcome(SessionDescription._parse_general, text)
@@ -288,6 +318,7 @@ def check_sdp(text: str) -> None:
     # codecs() through the rtpmap cache, cold and warm, and through (name, value) pairs
     for media in fast[1].media:
         warm = media.codecs()
+        assert warm == reference_codecs(media), text
         saved = dict(sdp_module._FORMAT_LINES)
         sdp_module._FORMAT_LINES.clear()
         try:
