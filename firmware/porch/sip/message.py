@@ -5,6 +5,11 @@ accessor (`via`, `from_`, `cseq`, `contact` ...) parses its header the first tim
 and caches the result. That keeps the common path (read half a dozen headers of a
 15-header INVITE) cheap, and leaves unknown headers exactly as received.
 
+The usual layouts take short paths: a CRLF header section of `Name: value` lines is split
+with one str.partition per line, and a Via, name-addr or SIP URI of the common form is read
+with one pattern match. Anything else goes the general way, and
+tests/unit/sip/test_sip_fast_paths.py checks that both ways read the same thing.
+
 Everything the network can get wrong raises RemoteProtocolError with the status a UAS should
 answer; `validate_request` adds the checks RFC 3261 section 8.2 asks of a UAS (mandatory
 headers, version 505, URI scheme 416, Require 420, ...).
