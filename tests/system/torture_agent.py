@@ -109,6 +109,13 @@ def call_id_of(data: bytes) -> bytes | None:
     return m.group(1) if m else None
 
 
+def branch_of(data: bytes) -> bytes | None:
+    """The branch parameter of the first Via line (requests and their answers share it)."""
+    via = header(data, b"Via", b"v")
+    m = re.search(rb"branch[ \t]*=[ \t]*([^;, \r\n]+)", via) if via else None
+    return m.group(1) if m else None
+
+
 def header(data: bytes, *names: bytes) -> bytes | None:
     """The first value of a header (any of `names`, case-insensitive) in a response."""
     pattern = rb"(?im)^(?:" + b"|".join(re.escape(n) for n in names) + rb")[ \t]*:[ \t]*(.*?)\r?$"
@@ -246,7 +253,9 @@ def main() -> None:
         catcher.window = len(names)
         catcher.drain(0.5)  # late answers and the first retransmissions
         own = {call_id_of(messages[name]): name for name in names}
+        branches: dict[bytes | None, list[str]] = {}
         for name in names:
+            branches.setdefault(branch_of(messages[name]), []).append(name)
             report["answers"][name] = []
         for data, port, window in catcher.got:
             cid = call_id_of(data)
@@ -256,8 +265,9 @@ def main() -> None:
                 continue  # the answer to our own ACK or BYE (in report["calls"])
             m = STATUS_LINE.match(data)
             name = own.get(cid) if cid is not None else None
-            if name is None:  # no Call-ID of ours: the message it was sent after
-                name = names[min(window, len(names) - 1)]
+            if name is None:  # no Call-ID of ours: a unique branch, else the message before
+                same = branches.get(branch_of(data), [])
+                name = same[0] if len(same) == 1 else names[min(window, len(names) - 1)]
             report["answers"][name].append(
                 {
                     "status": int(m.group(1)) if m else None,
