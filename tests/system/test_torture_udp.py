@@ -115,16 +115,6 @@ EXPECTED: dict[str, set[int] | None] = {
     "inv2543": {400},  # 3.4.1: porch wants a Contact in a dialog-creating INVITE
 }
 
-# Where porch does not do what RFC 4475 asks (see the notes of this test's issue).
-DEFECTS = {
-    "mismatch01": "no answer at all: the UA logs 'refusing OPTIONS: 400 CSeq method does not "
-    "match', but the server transaction refuses a response whose CSeq method differs from "
-    "the request line (LocalProtocolError, swallowed by UserAgent._reply)",
-    "mismatch02": "no answer at all (501 logged, not sent), for the same reason as mismatch01",
-    "sdp01": "answered 200 with an SDP body although Accept lists only text/nobodyKnowsThis: "
-    "the UA does not pass answer_type to validate_request, which would give 406",
-}
-
 
 def batches(messages: dict[str, bytes]) -> list[dict[str, bytes]]:
     """Split the messages so that no two requests of one run share method, branch and
@@ -247,15 +237,7 @@ def test_the_namespace_has_nothing_but_a_loopback(namespace) -> None:
     assert [line.split(":")[1].strip() for line in links] == ["lo"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=DEFECTS[name], strict=True))
-        if name in DEFECTS
-        else name
-        for name in MESSAGES
-    ],
-)
+@pytest.mark.parametrize("name", list(MESSAGES))
 def test_answer(answers, name: str) -> None:
     got = answers[name]
     expected = EXPECTED[name]
@@ -283,8 +265,7 @@ def test_answered_calls_end_cleanly(runs) -> None:
         calls.update(run["report"]["calls"])
     taken = {name for name, call in calls.items() if "bye" in call}
     invites = {n for n, want in EXPECTED.items() if want == {200} and n in calls}
-    assert invites <= taken, invites - taken
-    assert taken - invites <= set(DEFECTS), taken - invites  # sdp01, while it is answered
+    assert taken == invites, (invites - taken, taken - invites)
     for name, call in calls.items():
         assert call.get("bye", 200) == 200, (name, call)
         assert call["idle"] == "idle", (name, call)

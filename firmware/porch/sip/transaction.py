@@ -1001,7 +1001,9 @@ class ServerTransaction(_Transaction):
         return self._feed(Input.ACK if request.method == "ACK" else Input.REQUEST, now, request)
 
     def send_response(self, response: Response, now: float) -> list[Action]:
-        if response.cseq.method != self.request.method:
+        # 8.2.6.2: the response copies the request's CSeq, even one whose method differs
+        # from the request line (RFC 4475 3.4.1/3.4.2 want such a request answered).
+        if response.cseq.method != self.request.cseq.method:
             raise LocalProtocolError("response CSeq method differs from the request's")
         return self._feed(_response_input(response.status, tu=True), now, response)
 

@@ -125,6 +125,17 @@ def _token() -> str:
     return secrets.token_hex(6)
 
 
+def _answer_type(request: Request) -> str | None:
+    """The body type our final answer to `request` carries, for its Accept (406 check).
+
+    An INVITE is always answered with SDP (our answer, or our offer when it had none); an
+    UPDATE only when it carries an offer.
+    """
+    if request.method == "INVITE" or (request.method == "UPDATE" and request.body):
+        return SDP
+    return None
+
+
 @dataclass(frozen=True)
 class LocateFailed:
     """The next hop of a request could not be resolved (DNS), reported to its handler."""
@@ -964,6 +975,7 @@ class UserAgent:
                 supported=SUPPORTED,
                 schemes=("sip", "sips"),
                 accept=ACCEPT_BY_METHOD.get(req.method),
+                answer_type=_answer_type(req),
             )
         except RemoteProtocolError as exc:
             log.info("refusing %s: %s %s", req.method, exc.status, exc.reason)
