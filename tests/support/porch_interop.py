@@ -286,12 +286,12 @@ def cancel_first_invite(from_: str) -> str:
     return _send(lines, None, retrans=False)
 
 
-def ack_non_2xx(from_: str, branch_of: int) -> str:
-    """ACK of a non-2xx final answer to the first INVITE: that INVITE's branch (the
-    message `branch_of` sends back), the response's To."""
+def ack_non_2xx(from_: str) -> str:
+    """ACK of a non-2xx final answer to the first INVITE, sent right after receiving it:
+    the answer's Via (the INVITE's branch) and To."""
     lines = [
         "ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0",
-        f"Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-{branch_of}]",
+        "[last_Via:]",
         f"From: {from_};tag=[pid]SIPpTag00[call_number]",
         "[last_To:]",
         "Call-ID: [call_id]",
