@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # numpy is imported when a simulation runs, not when the CLI 
 
 PTIME = 0.020
 TICK = 0.010  # play clock period (an ALSA period)
+MIN_RATE, MAX_RATE = 8000, 96000  # WAV rates the tool converts to and from the codec's
 LOST = float("nan")
 
 
@@ -278,8 +279,10 @@ def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         pcm, rate = read_wav(args.infile)
-        if rate not in (8000, 16000, 32000, 44100, 48000):
-            raise ValueError(f"{args.infile}: unsupported sample rate {rate}")
+        if not MIN_RATE <= rate <= MAX_RATE:  # any rate between is converted both ways
+            raise ValueError(
+                f"{args.infile}: sample rate {rate} Hz outside {MIN_RATE}-{MAX_RATE} Hz"
+            )
         trace = read_trace(args.trace) if args.trace else None
     except (OSError, ValueError, EOFError) as exc:
         print(f"netsim: {exc}", file=sys.stderr)

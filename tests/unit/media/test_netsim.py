@@ -119,6 +119,21 @@ def test_cli_refuses_bad_input(tmp_path, capsys):
         main(["tools", "netsim", "--in", str(bad), "--out", "o.wav", "--loss", "3"])
 
 
+def test_cli_takes_any_rate_and_writes_it_back(tmp_path, capsys):
+    """espeak-ng writes 22050 Hz: OUT keeps IN's rate and length."""
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    x = tone_wav(src, 22050, seconds=1.0)
+    assert main(["tools", "netsim", "--in", str(src), "--out", str(dst), "--codec", "PCMA"]) == 0
+    y, rate = read_wav(dst)
+    assert rate == 22050 and len(y) == len(x)
+    mid = slice(3000, 19000)
+    assert np.corrcoef(x[mid], y[mid])[0, 1] > 0.95
+    slow = tmp_path / "slow.wav"
+    tone_wav(slow, 4000, seconds=0.5)
+    assert main(["tools", "netsim", "--in", str(slow), "--out", str(dst)]) == 2
+    assert "sample rate 4000 Hz" in capsys.readouterr().err
+
+
 def test_rate_conversion_both_ways():
     t = np.arange(8000) / 8000
     x = (6000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
