@@ -48,6 +48,8 @@ class CallPlan(Protocol):
 
     def feedback(self, kind: Literal["confirm", "error"]) -> None: ...
 
+    def media_figures(self) -> dict[str, Any] | None: ...
+
 
 @dataclass
 class DoorPolicy:
@@ -115,6 +117,7 @@ class Intercom:
             "tamper": self.tampered,
             "peer": self.peer,
             "lockout": self.matcher.locked_out(self._clock()),
+            "media": self.plan.media_figures() if self.plan is not None else None,
         }
 
     # inputs ---------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from peers import Kamailio, PeerSet
+from peers import Kamailio, PeerSet, wait_until
 from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
 from porch_harness import Porch
 from porch_interop import (
@@ -51,8 +51,15 @@ def test_baresip_calls_the_door_through_kamailio(kam: Kamailio, peer_set: PeerSe
     s = wait_call(idle_door, "connected")
     assert s["peer"].startswith("sip:1001@127.0.0.1")
     phone.wait_event("CALL_ESTABLISHED", since=since)
+    # The call's media figures are live in the status while baresip talks.
+    media = wait_until(lambda: (status(idle_door)["media"] or {}).get("packets", 0) > 10, 5)
+    assert media, status(idle_door)
+    live = status(idle_door)["media"]
+    assert live["codec"] in ("G722", "PCMU", "PCMA") and live["sent"] > 0, live
+    assert 1.0 <= live["mos"] <= 4.5, live
     phone.hangup()
     wait_call(idle_door, "idle")
+    assert status(idle_door)["media"] is None
 
 
 def test_linphone_calls_the_door_through_kamailio(kam: Kamailio, peer_set: PeerSet, idle_door):

@@ -399,6 +399,13 @@ class UserAgent:
     def hang_up(self, reason: str) -> None:
         self._hang_up(reason)
 
+    def media_figures(self) -> dict[str, Any] | None:
+        """The answered call's media figures so far, for /api/status."""
+        call = self.call
+        if call is None or not call.connected:
+            return None
+        return call.media.figures()
+
     def feedback(self, kind: Literal["confirm", "error"]) -> None:
         call = self.call
         if call is not None and call.connected:

@@ -10,6 +10,7 @@ class RecordingPlan:
 
     def __init__(self):
         self.calls, self.hangups, self.feedback_tones = [], [], []
+        self.figures = None
 
     async def start(self): ...
 
@@ -23,6 +24,9 @@ class RecordingPlan:
 
     def feedback(self, kind):
         self.feedback_tones.append(kind)
+
+    def media_figures(self):
+        return self.figures
 
 
 class Door:
@@ -159,3 +163,10 @@ def test_registration_drives_the_ready_led(tmp_path):
     assert ic.status()["registration_reason"] == "403 Forbidden"
     ic.registration_changed("registered")
     assert door.leds["led_ready"] == "on"
+
+
+def test_status_shows_the_plans_live_media_figures(tmp_path):
+    ic, plan, _door, _clock = make(tmp_path)
+    assert ic.status()["media"] is None
+    plan.figures = {"codec": "PCMU", "packets": 50, "mos": 4.3}
+    assert ic.status()["media"] == {"codec": "PCMU", "packets": 50, "mos": 4.3}
