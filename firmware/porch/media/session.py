@@ -35,7 +35,7 @@ from porch.media.codecs import Codec, get_codec
 from porch.media.jitter import Receiver
 from porch.media.resample import resample
 from porch.media.rtcp import RtcpSession
-from porch.media.rtp import Addr, RtpPacket, RtpSender
+from porch.media.rtp import Addr, RtpPacket, RtpSender, SsrcTracker
 from porch.media.stats import call_quality
 from porch.media.transport import MediaTransport
 from porch.sip.sdp import AudioSession
@@ -164,6 +164,8 @@ class MediaSession:
         self.stream: _Stream | None = None
         self.receiver: Receiver | None = None
         self.events = dtmf.Rfc4733Receiver()
+        self.sources = SsrcTracker()  # a stray packet of another SSRC must not reset the stream
+        self.stray = 0  # packets refused as from a stray SSRC
         self.detector: dtmf.ToneDetector | None = None
         self.digits: list[tuple[str, str]] = []  # (digit, source) heard in this call
         self.frames_sent = 0
@@ -256,6 +258,17 @@ class MediaSession:
         tone = dtmf.confirmation_tone(rate) if kind == "confirm" else dtmf.error_tone(rate)
         self._tone = tone
 
+    def figures(self) -> dict[str, Any] | None:
+        """The call's quality figures so far (None before media flows): /api/status shows
+        them live, and `close` logs the final ones."""
+        if self.stream is None or self.receiver is None:
+            return None
+        figures = call_quality(self.stream.codec.name, self.receiver, self.rtcp).as_dict()
+        figures["sent"] = self.sender.packets_sent
+        figures["refused"] = self.transport.refused
+        figures["stray"] = self.stray
+        return figures
+
     def close(self) -> dict[str, Any]:
         """Stop, say BYE in RTCP, and return the call's figures (empty if it never started)."""
         if self._closed:
@@ -276,10 +289,7 @@ class MediaSession:
                             octets_sent=self.sender.octets_sent,
                         )
                     )
-            quality = call_quality(self.stream.codec.name, self.receiver, self.rtcp)
-            figures = quality.as_dict()
-            figures["sent"] = self.sender.packets_sent
-            figures["refused"] = self.transport.refused
+            figures = self.figures() or {}
         if self._opened:
             self.transport.close()
         if self._sink is not None:
@@ -356,6 +366,10 @@ class MediaSession:
             for ev in self.events.on_packet(packet.ssrc, packet.timestamp, packet.payload, arrival):
                 if isinstance(ev, dtmf.Digit):
                     self._digit(ev.digit, "rfc4733")
+            return
+        accepted, _new = self.sources.accept(packet.ssrc, arrival)
+        if not accepted:
+            self.stray += 1
             return
         if self.rtcp is not None:
             self.rtcp.on_rtp(packet.ssrc, packet.sequence, packet.timestamp, self._wallclock())

@@ -206,3 +206,38 @@ def test_closed_while_opening_releases_the_port(run):
             s.bind(("127.0.0.1", port))  # free again
 
     run(main())
+
+
+def test_a_stray_ssrc_is_refused_and_a_new_source_takes_over(run):
+    """One packet of another SSRC (a PBX leg crossing) does not reset the stream; a source
+    that keeps sending after the old one stopped takes over (RFC 3550 8.2)."""
+
+    async def main():
+        door = MediaSession("127.0.0.1", audible=False)
+        await door.open()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+            phone.bind(("127.0.0.1", 0))
+            door.start(audio(phone.getsockname()[1]))
+            first, stray, second = RtpSender(), RtpSender(), RtpSender()
+            silence = bytes([0xFF]) * 160
+
+            async def send(sender: RtpSender, count: int) -> None:
+                for _ in range(count):
+                    phone.sendto(sender.packet(silence, 0, advance=160), ("127.0.0.1", door.port))
+                    await asyncio.sleep(0.02)
+
+            await send(first, 10)
+            await send(stray, 1)
+            await send(first, 10)
+            await until(lambda: door.receiver.stats.packets >= 20)
+            before = (door.receiver.stats.resets, door.stray)
+            await send(second, 10)
+            await asyncio.sleep(0.1)
+            await until(lambda: door.receiver.stats.packets >= 29)
+            after = (door.receiver.stats.resets, door.stray)
+        return before, after, door.close()
+
+    before, after, figures = run(main())
+    assert before == (0, 1)
+    assert after[0] == 1 and after[1] in (1, 2)  # the new source's first packet may wait
+    assert figures["stray"] == after[1]
