@@ -19,6 +19,7 @@ from porch_interop import (
     press,
     registered_at,
     scenario_file,
+    status,
     wait_call,
     wait_registration,
 )
@@ -43,6 +44,81 @@ REDIRECT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
     ]]>
   </send>
   <recv request="ACK"><action><log message="REDIRECTED to [$target]"/></action></recv>
+</scenario>
+"""
+
+
+# A phone that, while ringing (early dialog), sends INFO `unlock` and a DTMF digit to the
+# door, then declines the call. The INVITE's headers are kept for the final answer.
+EARLY_INFO_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAS sends INFO in the early dialog">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp="[^\r\n]*" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
+      <ereg regexp="[^\r\n]*" search_in="hdr" header="From:" check_it="true" assign_to="door"/>
+      <ereg regexp="[^\r\n]*" search_in="hdr" header="To:" check_it="true" assign_to="phone"/>
+      <ereg regexp="[^\r\n]*" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      Via:[$via]
+      From: [$door]
+      To: [$phone];tag=[pid]SIPpTag01[call_number]
+      Call-ID: [call_id]
+      CSeq:[$cseq]
+      Contact: <sip:phone@[local_ip]:[local_port]>
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="200"/>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$phone];tag=[pid]SIPpTag01[call_number]
+      To: [$door]
+      Call-ID: [call_id]
+      CSeq: 1 INFO
+      Max-Forwards: 70
+      Content-Type: text/plain
+      Content-Length: [len]
+
+      unlock
+    ]]>
+  </send>
+  <recv response="403"><action><log message="INFO unlock status=403"/></action></recv>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$phone];tag=[pid]SIPpTag01[call_number]
+      To: [$door]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal=1
+      Duration=160
+    ]]>
+  </send>
+  <recv response="403"><action><log message="INFO dtmf status=403"/></action></recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 603 Decline
+      Via:[$via]
+      From: [$door]
+      To: [$phone];tag=[pid]SIPpTag01[call_number]
+      Call-ID: [call_id]
+      CSeq:[$cseq]
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
 </scenario>
 """
 
@@ -119,6 +195,25 @@ def test_parallel_first_answer_wins_the_other_is_cancelled(peer_set: PeerSet, ru
     assert s["peer"] == quick.uri("flat2")
     slow_result = slow.wait(10)
     assert slow_result.ok and slow_result.log_lines("CANCEL received"), slow_result.report()
+    porch.request("POST", "/api/hangup")
+    quick_result = quick.wait(10)
+    assert quick_result.ok and quick_result.log_lines("BYE received"), quick_result.report()
+
+
+def test_parallel_second_answer_crossing_the_cancel_is_acked_and_hung_up(
+    peer_set: PeerSet, run_porch
+):
+    """Both phones answer: the first 200 wins; the other phone's 200 crosses porch's CANCEL
+    and is ACKed and ended with BYE at once, while the winning call goes on."""
+    late = peer_set.sipp.start("uas_cancel_race", timeout=20)
+    quick = peer_set.sipp.start("uas_answer", variables={"ring_ms": 300}, timeout=20)
+    porch = dial_from_door(run_porch, late.uri("flat1"), quick.uri("flat2"), strategy="parallel")
+    s = wait_call(porch, "connected")
+    assert s["peer"] == quick.uri("flat2")
+    late_result = late.wait(10)
+    assert late_result.ok, late_result.report()
+    assert late_result.log_lines("ACK after race") and late_result.log_lines("BYE received")
+    assert status(porch)["call"] == "connected" and status(porch)["peer"] == quick.uri("flat2")
     porch.request("POST", "/api/hangup")
     quick_result = quick.wait(10)
     assert quick_result.ok and quick_result.log_lines("BYE received"), quick_result.report()
@@ -201,3 +296,19 @@ def test_max_duration_hangs_up(peer_set: PeerSet, run_porch):
     wait_call(porch, "idle", timeout=15)
     assert events(porch, "call_end")[-1]["reason"] == "call.max_duration reached"
     assert phone.wait(10).log_lines("BYE received")
+
+
+def test_info_in_a_call_not_yet_answered_is_refused(peer_set: PeerSet, run_porch, tmp_path):
+    """INFO unlock and DTMF INFO count only in an answered call: while the phone rings they
+    are refused with 403 and the door stays shut."""
+    scenario = scenario_file(tmp_path, "uas_early_info", EARLY_INFO_UAS)
+    phone = peer_set.sipp.start(scenario, timeout=20)
+    porch = run_porch({"call": {"targets": [phone.uri("flat")]}, "door": {"dtmf_codes": ["1"]}})
+    press(porch)
+    result = phone.wait(10)
+    assert result.ok, result.report()
+    assert result.log_lines("INFO unlock status=403"), result.report()
+    assert result.log_lines("INFO dtmf status=403"), result.report()
+    wait_call(porch, "idle")
+    assert not events(porch, "unlock")
+    assert outputs(porch)["relay"] is False
