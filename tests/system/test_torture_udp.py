@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
+from netns import in_namespace, links, loopback_namespace
 from porch_harness import PASSWORD, PORCH, toml_document
 
 pytestmark = pytest.mark.netns
@@ -142,19 +140,8 @@ def batches(messages: dict[str, bytes]) -> list[dict[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def namespace():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: it creates a network namespace with `ip netns add`")
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2 (`ip netns`), which is not installed")
-    name = f"porch-torture-{uuid.uuid4().hex[:8]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"`ip netns add` is unavailable here: {made.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with loopback_namespace("porch-torture") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def run_batch(namespace: str, messages: dict[str, bytes], work: Path) -> dict:
@@ -173,8 +160,8 @@ def run_batch(namespace: str, messages: dict[str, bytes], work: Path) -> dict:
     log_path = work / "porch.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, PORCH, "run", "--sim", "--config", str(config),
-             "--state-dir", str(work / "state")],
+            in_namespace(namespace, [PORCH, "run", "--sim", "--config", str(config),
+                                     "--state-dir", str(work / "state")]),
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -186,7 +173,7 @@ def run_batch(namespace: str, messages: dict[str, bytes], work: Path) -> dict:
             "messages": {name: data.hex() for name, data in messages.items()},
         }
         agent = subprocess.run(
-            ["ip", "netns", "exec", namespace, sys.executable, str(AGENT)],
+            in_namespace(namespace, [sys.executable, str(AGENT)]),
             input=json.dumps(job),
             capture_output=True,
             text=True,
@@ -231,10 +218,7 @@ def test_every_message_was_sent_once() -> None:
 
 
 def test_the_namespace_has_nothing_but_a_loopback(namespace) -> None:
-    links = subprocess.run(
-        ["ip", "-n", namespace, "-o", "link"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    assert [line.split(":")[1].strip() for line in links] == ["lo"]
+    assert links(namespace) == ["lo"]
 
 
 @pytest.mark.parametrize("name", list(MESSAGES))

@@ -16,6 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.zone
 import pytest
+from authoritative_dns import AuthoritativeServer
 from sip_edge_util import run
 
 from porch.sip.locate import LocateError, SrvRecord, Target, locate, order_srv, plan
@@ -58,38 +59,10 @@ gone             IN A    127.0.0.51
 """
 
 
-class AuthoritativeServer(asyncio.DatagramProtocol):
-    """Answers from ZONE with the AA bit; NXDOMAIN for names that do not exist."""
-
-    def __init__(self) -> None:
-        self.zone = dns.zone.from_text(ZONE, relativize=False)
-        self.queries: list[tuple[str, str]] = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        query = dns.message.from_wire(data)
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.AA
-        question = query.question[0]
-        self.queries.append((question.name.to_text(), dns.rdatatype.to_text(question.rdtype)))
-        node = self.zone.get_node(question.name)
-        if node is None:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        else:
-            rdataset = node.get_rdataset(question.rdclass, question.rdtype)
-            if rdataset is not None:
-                rrset = dns.rrset.RRset(question.name, question.rdclass, question.rdtype)
-                rrset.update(rdataset)
-                reply.answer.append(rrset)
-        self.transport.sendto(reply.to_wire(), addr)
-
-
 async def dns_server() -> tuple[AuthoritativeServer, dns.asyncresolver.Resolver]:
     loop = asyncio.get_running_loop()
     transport, server = await loop.create_datagram_endpoint(
-        AuthoritativeServer, local_addr=("127.0.0.1", 0)
+        lambda: AuthoritativeServer(ZONE), local_addr=("127.0.0.1", 0)
     )
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = ["127.0.0.1"]
