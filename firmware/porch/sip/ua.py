@@ -228,6 +228,7 @@ class UserAgent:
         self.backup_uri = SipUri.parse(sip.backup_registrar) if sip.backup_registrar else None
         self.proxy_uri = SipUri.parse(sip.outbound_proxy) if sip.outbound_proxy else None
         self.trusted: set[tuple[str, int]] = set()
+        self._answered_at: dict[str, Target] = {}  # hop -> the RFC 3263 target that answered
         self.public: tuple[str, int] | None = None  # our address as the registrar sees it
         self.last_error = ""
         self._handlers: dict[ClientKey, Handler] = {}
@@ -544,11 +545,14 @@ class UserAgent:
             self._process(self.layer.transport_error(send.key, self.now()))
 
     def _toward(
-        self, hop: SipUri, then: Callable[[Target], None], failed: Callable[[str], None]
+        self,
+        hop: SipUri,
+        then: Callable[[list[Target]], None],
+        failed: Callable[[str], None],
     ) -> None:
-        """Resolve `hop` (RFC 3263) and call `then` with the target to use: at once when it
-        is numeric (a press sends its INVITE in the same loop turn), else after DNS.
-        `failed` gets the reason when it cannot be resolved."""
+        """Resolve `hop` (RFC 3263) and call `then` with the targets in the order to try:
+        at once when it is numeric (a press sends its INVITE in the same loop turn), else
+        after DNS. `failed` gets the reason when it cannot be resolved."""
         try:
             p = plan(hop, TRANSPORTS)
         except LocateError as exc:
@@ -556,30 +560,49 @@ class UserAgent:
             return
         transport = p.transport or self.transport_name
         if p.numeric:
-            then(Target(transport, p.host, p.port or DEFAULT_PORTS[transport], p.name))
+            then([Target(transport, p.host, p.port or DEFAULT_PORTS[transport], p.name)])
             return
 
         async def located() -> None:
             try:
-                targets = await locate(hop, transports=(transport,), families=("A",))
+                targets = await self._locate(hop, transport)
             except LocateError as exc:
                 failed(exc.reason)
                 return
-            then(targets[0])
+            preferred = self._answered_at.get(str(hop))
+            if preferred in targets:  # where the last request went and was answered
+                targets.remove(preferred)
+                targets.insert(0, preferred)
+            then(targets)
 
         self._spawn(located())
+
+    async def _locate(self, hop: SipUri, transport: str) -> list[Target]:
+        """RFC 3263 targets of `hop` that our SIP socket can reach: it listens on one
+        address family, so only that family's address records are asked for."""
+        family = "AAAA" if ":" in self.cfg.sip.listen_host else "A"
+        return await locate(hop, transports=(transport,), families=(family,))
 
     def _send_request(self, request: Request, hop: SipUri, handler: Handler) -> None:
         """Send `request` (any Via) in a new client transaction to `hop`; its Via is set once
         the transport is known. `handler` gets the transaction's events."""
         self._toward(
             hop,
-            lambda target: self._launch(request, target, handler),
+            lambda targets: self._launch(request, targets, handler, str(hop)),
             lambda reason: handler(LocateFailed(reason)),
         )
 
-    def _launch(self, request: Request, target: Target, handler: Handler) -> None:
+    def _launch(
+        self, request: Request, targets: list[Target], handler: Handler, hop: str = ""
+    ) -> None:
+        """Send to the first of `targets`; the others are tried in turn when it does not
+        answer, cannot be reached or answers 503 (RFC 3263 4.3), each with a new branch.
+        The target that answers is tried first by the next request to the same `hop` (a
+        digest retry must reach the server that gave the nonce)."""
         assert self.transport is not None
+        target, rest = targets[0], targets[1:]
+        if hop:
+            handler = _Failover(self, request, hop, target, rest, handler)
         via = self.transport.make_via(target.transport, toward=target.host)
         request.headers.set("Via", str(via))
         try:
@@ -601,8 +624,9 @@ class UserAgent:
         if not isinstance(hop, SipUri):
             return
 
-        def go(target: Target) -> None:
+        def go(targets: list[Target]) -> None:
             assert self.transport is not None
+            target = targets[0]
             via = self.transport.make_via(target.transport, toward=target.host)
             ack.headers.set("Via", str(via))
             self._process(self.layer.send_ack(ack, target, now=self.now()))
@@ -946,7 +970,7 @@ class UserAgent:
             if p.numeric:
                 targets = [Target(transport, p.host, p.port or DEFAULT_PORTS[transport], p.name)]
             else:
-                targets = await locate(hop, transports=(transport,), families=("A",))
+                targets = await self._locate(hop, transport)
         except LocateError as exc:
             log.warning("cannot resolve %s: %s", hop, exc.reason)
             return
@@ -1769,11 +1793,75 @@ class _RegisterHandler:
         self.ua._registration_outcome(self.action, event)
 
 
+class _Failover:
+    """RFC 3263 4.3: a request that times out, cannot be sent, or is answered 503 goes to
+    the next target (a new transaction with a new branch); the handler behind sees only
+    the outcome of the last try. An INVITE whose call was given up is not sent again."""
+
+    def __init__(
+        self,
+        ua: UserAgent,
+        request: Request,
+        hop: str,
+        target: Target,
+        rest: list[Target],
+        inner: Handler,
+    ) -> None:
+        self.ua = ua
+        self.request = request
+        self.hop = hop
+        self.target = target
+        self.rest = rest
+        self.inner = inner
+        self.moved = False
+
+    def sent(self, key: ClientKey, request: Request, target: Target) -> None:
+        sent = getattr(self.inner, "sent", None)
+        if sent is not None:
+            sent(key, request, target)
+
+    def __call__(self, event: Any) -> None:
+        if self.moved:
+            return  # what is still coming from the target we left
+        failed = isinstance(event, TransactionTimeout | TransportError) or (
+            isinstance(event, ResponseReceived) and event.response.status == 503
+        )
+        wanted = getattr(self.inner, "wants_failover", None)
+        if not failed or not self.rest or (wanted is not None and not wanted()):
+            if isinstance(event, ResponseReceived) and not failed:
+                self.ua._answered_at[self.hop] = self.target
+            self.inner(event)
+            return
+        self.moved = True
+        nxt = self.rest[0]
+        # A copy: the transaction left behind keeps its own Via (ACKs of a resent 503).
+        request = self.request.copy()
+        log.info(
+            "%s to %s:%s failed (%s): trying %s:%s",
+            self.request.method,
+            self.target.host,
+            self.target.port,
+            _failure(event),
+            nxt.host,
+            nxt.port,
+        )
+        self.ua._launch(request, self.rest, self.inner, self.hop)
+
+
+def _failure(event: Any) -> str:
+    if isinstance(event, ResponseReceived):
+        return f"{event.response.status} {event.response.reason}"
+    return "no answer" if isinstance(event, TransactionTimeout) else "unreachable"
+
+
 class _LegHandler:
     def __init__(self, ua: UserAgent, call: Call, leg: Leg) -> None:
         self.ua = ua
         self.call = call
         self.leg = leg
+
+    def wants_failover(self) -> bool:
+        return not (self.leg.cancelled or self.leg.done or self.call.over)
 
     def sent(self, key: ClientKey, request: Request, target: Target) -> None:
         self.leg.key = key
