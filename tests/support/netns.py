@@ -52,3 +52,16 @@ def links(name: str) -> list[str]:
         ["ip", "-n", name, "-o", "link"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     return [line.split(":")[1].strip() for line in out]
+
+
+def veth(a: str, a_addr: str, b: str, b_addr: str) -> tuple[str, str]:
+    """A veth pair between namespaces `a` and `b`, addressed (CIDR) and up; its two names."""
+    tag = uuid.uuid4().hex[:6]
+    ends = (f"va{tag}", f"vb{tag}")
+    subprocess.run(["ip", "link", "add", ends[0], "type", "veth", "peer", "name", ends[1]],
+                   check=True)  # fmt: skip
+    for ns, end, addr in ((a, ends[0], a_addr), (b, ends[1], b_addr)):
+        subprocess.run(["ip", "link", "set", end, "netns", ns], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", end], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", end, "up"], check=True)
+    return ends
