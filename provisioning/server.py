@@ -90,6 +90,7 @@ class WebServer:
         self.passwords = PasswordStore(state_dir)
         self.sessions = Sessions()
         self.throttle = LoginThrottle()
+        self._setup_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
         self.app = self._build_app()
@@ -164,10 +165,13 @@ class WebServer:
         if self.passwords.is_set():
             return _error(409, "the admin password is already set; use /api/login")
         body = _object(await _json_body(request))
-        try:
-            await asyncio.to_thread(self.passwords.set, body.get("password"))
-        except PasswordError as exc:
-            return _error(422, str(exc))
+        async with self._setup_lock:  # two first-boot setups at once: only one sets it
+            if self.passwords.is_set():
+                return _error(409, "the admin password is already set; use /api/login")
+            try:
+                await asyncio.to_thread(self.passwords.set, body.get("password"))
+            except PasswordError as exc:
+                return _error(422, str(exc))
         log.info("admin password set")
         return self._with_session(201)
 
@@ -231,7 +235,12 @@ class WebServer:
         started = self.controller.request_call("api")
         status = self.controller.status()
         if not started:
-            return _error(409, f"cannot start a call while {status['call']}", call=status["call"])
+            why = (
+                "call.targets is empty: nothing to dial"
+                if status["call"] == "idle"
+                else f"cannot start a call while {status['call']}"
+            )
+            return _error(409, why, call=status["call"])
         return web.json_response({"ok": True, "call": status["call"]})
 
     async def hangup(self, request: web.Request) -> web.Response:
