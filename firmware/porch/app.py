@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from argparse import Namespace
@@ -249,10 +250,15 @@ class App:
     async def replace_config(self, document: dict[str, Any]) -> list[str]:
         """Validate, save atomically, then apply what changed; raises ConfigError."""
         async with self._config_lock:
+            new = config.validate(document, sim=self.sim)
+            web = new.web
+            if (web.listen_host, web.listen_port) != (
+                self.cfg.web.listen_host,
+                self.cfg.web.listen_port,
+            ):
+                _check_bindable(web.listen_host, web.listen_port)
             if self.config_path is not None:
                 new = config.save(self.config_path, document, sim=self.sim)
-            else:
-                new = config.validate(document, sim=self.sim)
             changed = sorted(config.changed_sections(self.cfg, new))
             self.cfg = new
             await self._apply(changed)
@@ -281,12 +287,17 @@ class App:
             loop.call_later(0.3, lambda: loop.create_task(self._restart_web()))
 
     async def _restart_web(self) -> None:
+        old = self.web.bound
         await self.web.stop()
         try:
             await self._start_web()
-        except StartupError as exc:
+        except StartupError as exc:  # taken since the check: stay reachable where we were
             log.error("%s", exc)
             self.events.append("error", part="web", reason=str(exc))
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    await self.web.start(*old)
+                    log.warning("web page stays at %s", self.web_url)
 
     def request_call(self, source: str) -> bool:
         return self.intercom.start_call(source)
@@ -322,6 +333,18 @@ class App:
 
     def sim_card(self, card_id: str) -> bool:
         return self.intercom.card(card_id)
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """ConfigError naming web.listen when nothing could listen there (no such address on
+    this device, a port in use): refused before it is saved, so the page stays reachable."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError([f"web.listen: cannot listen on {host}:{port}: {exc.strerror}"]) from None
 
 
 class StartupError(Exception):

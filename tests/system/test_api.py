@@ -1,6 +1,8 @@
 """The HTTP API of a running firmware: auth, setup, login throttling, config, bad input."""
 
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from porch_harness import PASSWORD
@@ -161,3 +163,46 @@ def test_gpio_and_web_changes_are_applied_without_a_restart(porch):
         porch.request("GET", "/api/status")
     porch.port = new_port
     assert porch.proc.pid == pid and porch.proc.poll() is None
+
+
+def test_two_setups_at_once_set_the_password_once(porch):
+    """First boot, two browsers: one setup wins, the other gets 409, the winner's password
+    is the one stored."""
+    passwords = ["first password 1", "second password 2"]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda p: porch.request("POST", "/api/setup", {"password": p}, token=None),
+                passwords,
+            )
+        )
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [201, 409], results
+    winner = passwords[[r[0] for r in results].index(201)]
+    loser = passwords[1 - passwords.index(winner)]
+    assert porch.request("POST", "/api/login", {"password": winner}, token=None)[0] == 200
+    assert porch.request("POST", "/api/login", {"password": loser}, token=None)[0] == 401
+
+
+def test_web_listen_that_cannot_be_bound_is_refused_and_not_saved(porch):
+    porch.setup()
+    before = porch.config_path.read_text() if porch.config_path.exists() else None
+    _, doc, _ = porch.request("GET", "/api/config")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        in_use = f"127.0.0.1:{taken.getsockname()[1]}"
+        for listen in ("192.0.2.77:8080", in_use):  # not this device's address; in use
+            doc["web"] = {"listen": listen}
+            status, body, _ = porch.request("PUT", "/api/config", doc)
+            assert status == 422, body
+            assert body["errors"][0].startswith(f"web.listen: cannot listen on {listen}"), body
+    after = porch.config_path.read_text() if porch.config_path.exists() else None
+    assert after == before
+    assert porch.request("GET", "/api/status")[0] == 200
+
+
+def test_api_call_without_targets_says_why(porch):
+    porch.setup()
+    status, body, _ = porch.request("POST", "/api/call")
+    assert status == 409 and "call.targets is empty" in body["error"], body
