@@ -176,6 +176,9 @@ class DoorIO:
         self._led_modes: dict[str, LedMode] = dict.fromkeys(LED_NAMES, "off")
         self._leds: dict[str, LED] = {}
         self._closed = False
+        self._delivered: dict[str, bool] = {}  # debounce: last state handed on, per input
+        self._quiet_until: dict[str, float] = {}
+        self._settle_checks: dict[str, asyncio.TimerHandle] = {}
         try:
             relay = DigitalOutputDevice(
                 pins.relay, active_high=pins.relay_active_high, initial_value=False, **factory_kw
@@ -204,15 +207,48 @@ class DoorIO:
             raise
 
     def _threadsafe(self, name: str, active: bool) -> Callable[[], None]:
+        handle = self._on_input if name == "button_held" else self._edge
+
         def deliver() -> None:
             if self._closed:
                 return
             try:
-                self._loop.call_soon_threadsafe(self._on_input, name, active)
+                self._loop.call_soon_threadsafe(handle, name, active)
             except RuntimeError:
                 pass  # the loop is gone: we are shutting down
 
         return deliver
+
+    # Contacts chatter for a few ms. Not every pin factory debounces (MockFactory, some
+    # native ones), so the loop side does too: the first edge goes through at once (no
+    # added latency), edges in the next DEBOUNCE_SECONDS are ignored, and when that quiet
+    # time ends the pin's settled state is delivered if it differs from the last one.
+
+    def _edge(self, name: str, active: bool) -> None:
+        if self._closed:
+            return
+        now = self._loop.time()
+        if now < self._quiet_until.get(name, 0.0):
+            if name not in self._settle_checks:
+                self._settle_checks[name] = self._loop.call_at(
+                    self._quiet_until[name], self._settle, name
+                )
+            return
+        self._deliver(name, active, now)
+
+    def _settle(self, name: str) -> None:
+        self._settle_checks.pop(name, None)
+        device = self._inputs.get(name)
+        if self._closed or device is None:
+            return
+        self._deliver(name, bool(device.is_pressed), self._loop.time())
+
+    def _deliver(self, name: str, active: bool, now: float) -> None:
+        if self._delivered.get(name) == active:
+            return
+        self._delivered[name] = active
+        self._quiet_until[name] = now + DEBOUNCE_SECONDS
+        self._on_input(name, active)
 
     # outputs -------------------------------------------------------------
 
@@ -276,6 +312,9 @@ class DoorIO:
     def close(self) -> None:
         """Relay off first, then release every pin."""
         self._closed = True
+        for check in self._settle_checks.values():
+            check.cancel()
+        self._settle_checks.clear()
         relay = getattr(self, "relay", None)
         if relay is not None:
             relay.close()

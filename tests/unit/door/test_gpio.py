@@ -193,3 +193,25 @@ def test_relay_drops_when_its_cap_timer_cannot_start(monkeypatch):
         return state
 
     assert run(main()) == (False, False)
+
+
+def test_contact_bounce_gives_one_press():
+    """A push button's contacts chatter for a few ms: one press reaches the door, not three."""
+
+    async def main():
+        events = []
+        door = make(asyncio.get_running_loop(), events)
+
+        def chatter():
+            for state in (True, False, True, False, True):  # within about 5 ms
+                door.sim_drive("exit_button", state)
+                time.sleep(0.001)
+
+        await asyncio.to_thread(chatter)
+        await asyncio.sleep(0.1)
+        door.sim_drive("exit_button", False)
+        await asyncio.sleep(0.1)
+        door.close()
+        return [(n, a) for n, a, _ in events if n == "exit_button"]
+
+    assert run(main()) == [("exit_button", True), ("exit_button", False)]
