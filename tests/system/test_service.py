@@ -60,18 +60,42 @@ def test_notify_socket_gets_ready_status_and_watchdog(tmp_path):
     assert messages.index("READY=1") < messages.index("WATCHDOG=1")
 
 
-def test_journal_is_chosen_under_systemd(tmp_path):
+@pytest.mark.parametrize(
+    "env,handler",
+    [
+        ({}, "StreamHandler"),
+        ({"INVOCATION_ID": "abc"}, "JournalHandler"),
+        ({"JOURNAL_STREAM": "8:12345"}, "JournalHandler"),
+    ],
+)
+def test_journal_is_chosen_under_systemd(env, handler):
     code = (
         "import logging, porch.service as s; s.setup_logging();"
         "print(type(logging.getLogger().handlers[0]).__name__)"
     )
     py = str(Path(os.sys.executable))
-    plain = subprocess.run([py, "-c", code], capture_output=True, text=True, env={})
-    assert plain.stdout.strip() == "StreamHandler"
-    systemd = subprocess.run(
-        [py, "-c", code], capture_output=True, text=True, env={"INVOCATION_ID": "abc"}
-    )
-    assert systemd.stdout.strip() == "JournalHandler"
+    run = subprocess.run([py, "-c", code], capture_output=True, text=True, env=env)
+    assert run.stdout.strip() == handler, run.stderr
+
+
+@pytest.mark.parametrize(
+    "env,interval",
+    [
+        ({"WATCHDOG_USEC": "10000000"}, 5.0),  # WatchdogSec=10: a ping every 5 s
+        ({"WATCHDOG_USEC": "300000", "WATCHDOG_PID": "{pid}"}, 0.15),
+        ({"WATCHDOG_USEC": "300000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_watchdog_pings_at_half_the_interval_systemd_asks(monkeypatch, env, interval):
+    from porch.service import Notifier
+
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID", "NOTIFY_SOCKET"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(pid=os.getpid()))
+    assert Notifier().watchdog_interval() == interval
 
 
 def _port_free(port: int) -> bool:
