@@ -126,7 +126,12 @@ def test_serial_reader_cards_and_keypad_codes(tmp_path):
         porch.wait_event("unlock", cause="keypad", method="keypad")
         status = porch.request("GET", "/api/status")[1]
         assert status["reader"]["connected"] is True
-        assert "pyserial" in status["components"] and "webrtcvad-wheels" in status["components"]
+        # the six packages of the mission (and aiohttp) were imported at start, with versions
+        six = {"gpiozero", "pyalsaaudio", "numpy", "webrtcvad-wheels", "pyserial", "systemd-python"}
+        assert six | {"aiohttp"} <= status["components"].keys(), status["components"]
+        assert all(status["components"][name] != "unknown" for name in six)
+        log = porch.request("GET", "/api/events?since=0")[1]["events"]
+        assert not [e for e in log if e["type"] == "error" and e.get("part") in six], log
     finally:
         code, _ = porch.stop()
         os.close(master)
