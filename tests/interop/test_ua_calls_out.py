@@ -48,22 +48,12 @@ REDIRECT_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-# A phone that, while ringing (early dialog), sends INFO `unlock` and a DTMF digit to the
-# door, then declines the call. The INVITE's headers are kept for the final answer.
-EARLY_INFO_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="UAS sends INFO in the early dialog">
-  <recv request="INVITE" crlf="true" rrs="true">
-    <action>
-      <ereg regexp="[^\r\n]*" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
-      <ereg regexp="[^\r\n]*" search_in="hdr" header="From:" check_it="true" assign_to="door"/>
-      <ereg regexp="[^\r\n]*" search_in="hdr" header="To:" check_it="true" assign_to="phone"/>
-      <ereg regexp="[^\r\n]*" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
-    </action>
-  </recv>
+def early_response(status: str) -> str:
+    """A response of the ringing phone to the door's INVITE (headers kept on arrival)."""
+    return f"""
   <send>
     <![CDATA[
-      SIP/2.0 180 Ringing
+      SIP/2.0 {status}
       Via:[$via]
       From: [$door]
       To: [$phone];tag=[pid]SIPpTag01[call_number]
@@ -72,8 +62,12 @@ EARLY_INFO_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       Contact: <sip:phone@[local_ip]:[local_port]>
       Content-Length: 0
     ]]>
-  </send>
-  <pause milliseconds="200"/>
+  </send>"""
+
+
+def early_info(cseq: int, content_type: str, body: str, label: str) -> str:
+    """An INFO from the ringing phone in its early dialog; the door must answer 403."""
+    return f"""
   <send retrans="500">
     <![CDATA[
       INFO [next_url] SIP/2.0
@@ -81,43 +75,32 @@ EARLY_INFO_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       From: [$phone];tag=[pid]SIPpTag01[call_number]
       To: [$door]
       Call-ID: [call_id]
-      CSeq: 1 INFO
+      CSeq: {cseq} INFO
       Max-Forwards: 70
-      Content-Type: text/plain
+      Content-Type: {content_type}
       Content-Length: [len]
 
-      unlock
+      {body}
     ]]>
   </send>
-  <recv response="403"><action><log message="INFO unlock status=403"/></action></recv>
-  <send retrans="500">
-    <![CDATA[
-      INFO [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: [$phone];tag=[pid]SIPpTag01[call_number]
-      To: [$door]
-      Call-ID: [call_id]
-      CSeq: 2 INFO
-      Max-Forwards: 70
-      Content-Type: application/dtmf-relay
-      Content-Length: [len]
+  <recv response="403"><action><log message="INFO {label} status=403"/></action></recv>"""
 
-      Signal=1
-      Duration=160
-    ]]>
-  </send>
-  <recv response="403"><action><log message="INFO dtmf status=403"/></action></recv>
-  <send>
-    <![CDATA[
-      SIP/2.0 603 Decline
-      Via:[$via]
-      From: [$door]
-      To: [$phone];tag=[pid]SIPpTag01[call_number]
-      Call-ID: [call_id]
-      CSeq:[$cseq]
-      Content-Length: 0
-    ]]>
-  </send>
+
+# A phone that, while ringing (early dialog), sends INFO `unlock` and a DTMF digit to the
+# door, then declines the call. The INVITE's headers are kept for the final answer.
+EARLY_INFO_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAS sends INFO in the early dialog">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp="[^\\r\\n]*" search_in="hdr" header="Via:" check_it="true" assign_to="via"/>
+      <ereg regexp="[^\\r\\n]*" search_in="hdr" header="From:" check_it="true" assign_to="door"/>
+      <ereg regexp="[^\\r\\n]*" search_in="hdr" header="To:" check_it="true" assign_to="phone"/>
+      <ereg regexp="[^\\r\\n]*" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>{early_response("180 Ringing")}
+  <pause milliseconds="200"/>{early_info(1, "text/plain", "unlock", "unlock")}\
+{early_info(2, "application/dtmf-relay", "Signal=1", "dtmf")}{early_response("603 Decline")}
   <recv request="ACK"/>
 </scenario>
 """
