@@ -6,6 +6,10 @@ logs (baresip events, SIPp <log> lines and message traces).
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+
 import pytest
 from peers import Kamailio, PeerSet, wait_until
 from peers_fixtures import fixture_module_peer_set, fixture_peer_set  # noqa: F401
@@ -23,6 +27,8 @@ from porch_interop import (
     wait_call,
     wait_registration,
 )
+
+from porch.media.rtp import RtpSender
 
 pytestmark = pytest.mark.interop
 
@@ -102,6 +108,80 @@ EARLY_INFO_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
   <pause milliseconds="200"/>{early_info(1, "text/plain", "unlock", "unlock")}\
 {early_info(2, "application/dtmf-relay", "Signal=1", "dtmf")}{early_response("603 Decline")}
   <recv request="ACK"/>
+</scenario>
+"""
+
+
+# A phone whose PBX plays ringback as early media: 183 with SDP pointing at the test's own
+# media socket (variable media_port), 1.5 s of ringing, then 200 (no RTP after that).
+EARLY_MEDIA_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAS with early media">
+  <Global variables="media_port"/>
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="m=audio ([0-9]+)" search_in="body" check_it="true" assign_to="m,port"/>
+      <log message="OFFER port=[$port]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 183 Session Progress
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:phone@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=pbx 1 1 IN IP4 127.0.0.1
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio [$media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+      a=sendonly
+    ]]>
+  </send>
+  <pause milliseconds="1500"/>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:phone@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=phone 1 1 IN IP4 127.0.0.1
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <Reference variables="m"/>
 </scenario>
 """
 
@@ -295,3 +375,45 @@ def test_info_in_a_call_not_yet_answered_is_refused(peer_set: PeerSet, run_porch
     wait_call(porch, "idle")
     assert not events(porch, "unlock")
     assert outputs(porch)["relay"] is False
+
+
+def test_early_media_is_played_while_the_phone_rings(peer_set: PeerSet, run_porch, tmp_path):
+    """183 with SDP: porch plays what the PBX sends (ringback) before the answer, and
+    sends nothing itself until then."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ringback:
+        ringback.bind(("127.0.0.1", 0))
+        ringback.setblocking(False)
+        scenario = scenario_file(tmp_path, "uas_early_media", EARLY_MEDIA_UAS)
+        phone = peer_set.sipp.start(
+            scenario, variables={"media_port": ringback.getsockname()[1]}, timeout=20
+        )
+        porch = run_porch({"call": {"targets": [phone.uri("flat")]}})
+        seq = porch.last_seq()
+        press(porch)
+        sipp_log = phone.rundir / "log.log"
+
+        def offered() -> list[str]:
+            text = sipp_log.read_text() if sipp_log.exists() else ""
+            return re.findall(r"OFFER port=(\d+)", text)
+
+        offer = wait_until(offered, 5)
+        assert offer, phone.stop().report()
+        sender, sent, heard_from_door = RtpSender(), 0, 0
+        start = time.monotonic()
+        for i in range(40):  # 0.8 s of ringback in real time, well before the 200
+            time.sleep(max(0.0, start + 0.02 * i - time.monotonic()))
+            packet = sender.packet(bytes([0xFF]) * 160, 0, advance=160)
+            ringback.sendto(packet, ("127.0.0.1", int(offer[0])))
+            sent += 1
+            try:
+                while ringback.recv(2048):
+                    heard_from_door += 1
+            except BlockingIOError:
+                pass
+        assert status(porch)["call"] == "ringing"
+        wait_call(porch, "connected")
+        porch.request("POST", "/api/hangup")
+        assert phone.wait(10).ok
+    media = wait_until(lambda: events(porch, "call_media", seq), 5)
+    assert media and media[-1]["packets"] >= sent - 2, media  # the ringback was taken
+    assert heard_from_door == 0  # and the door said nothing before the answer

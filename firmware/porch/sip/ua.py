@@ -31,7 +31,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +186,7 @@ class Call:
     # out
     plan: callplan.TargetPlan | None = None
     legs: dict[int, Leg] = field(default_factory=dict)
+    early_leg: int | None = None  # the leg whose early media (18x with SDP) is played
     # in
     invite: Request | None = None
     server_key: ServerKey | None = None
@@ -1531,6 +1532,8 @@ class UserAgent:
         if response.body and response.content_type is not None:
             if response.content_type.mime == SDP:
                 leg.early_answer = response.body
+                if call.early_leg is None and call.dialog is None:
+                    self._early_media(call, leg)
         if (
             dialog is not None
             and "100rel" in response.require
@@ -1546,6 +1549,23 @@ class UserAgent:
             call.plan.on_ringing(leg.index, self.now())
             if not was_ringing and call.plan.ringing:
                 self.intercom.call_state("ringing", str(leg.uri))
+
+    def _early_media(self, call: Call, leg: Leg) -> None:
+        """RFC 3960: SDP in a 18x answers our offer for early media (the PBX's ringback,
+        an announcement): play what the far end sends while it rings. The door sends
+        nothing until the call is answered."""
+        if call.pending_offer is None or leg.early_answer is None:
+            return
+        try:
+            audio = process_answer(call.pending_offer, SessionDescription.parse(leg.early_answer))
+        except RemoteProtocolError as exc:
+            log.info("early media from %s unusable: %s", leg.uri, exc.reason)
+            return
+        if not audio.receive:
+            return
+        call.early_leg = leg.index
+        log.info("early media from %s", leg.uri)
+        call.media.start(replace(audio, direction="recvonly"))
 
     def _leg_answered(self, call: Call, leg: Leg, response: Response) -> None:
         dialog = self._leg_dialog(leg, response)
