@@ -1418,6 +1418,8 @@ class UserAgent:
     def _leg_failed(self, call: Call, index: int, target: str, reason: str, **detail: Any) -> None:
         log.info("call to %s failed: %s", target, reason)
         self.intercom.events.append("call_target_failed", target=target, reason=reason, **detail)
+        if call.early_leg == index:
+            call.early_leg = None  # the next target's early media may play
         leg = call.legs.get(index)
         if leg is not None:
             leg.done = True
