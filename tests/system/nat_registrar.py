@@ -9,7 +9,10 @@ event on stdout; exit 0 when the call was answered and hung up, 1 on timeout.
 Built from porch's sans-IO SIP pieces (parser, digest server, builders) so that it stays
 small; what is under test is porch behind a real nftables NAT, not this script.
 
-    python nat_registrar.py HOST PORT USER PASSWORD
+    python nat_registrar.py HOST PORT USER PASSWORD [--no-nat-handling]
+
+With --no-nat-handling it answers with the Via as it came (a registrar that does not help
+clients behind NAT: then only STUN tells porch its public address).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ def say(**event: object) -> None:
 
 
 class Registrar:
-    def __init__(self, host: str, port: int, user: str, password: str) -> None:
+    def __init__(
+        self, host: str, port: int, user: str, password: str, *, nat_handling: bool = True
+    ) -> None:
         self.host, self.port = host, port
+        self.nat_handling = nat_handling
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.1)
@@ -57,7 +63,8 @@ class Registrar:
         self.sock.sendto(response.to_bytes(), addr)
 
     def on_request(self, request: Request, addr: tuple[str, int]) -> None:
-        request.headers.set("Via", str(stamp_via(request.top_via, addr)))
+        if self.nat_handling:
+            request.headers.set("Via", str(stamp_via(request.top_via, addr)))
         if request.method == "REGISTER":
             challenge = self.digest.check(request, time.monotonic(), to_tag="reg")
             if challenge is not None:
@@ -76,7 +83,7 @@ class Registrar:
             )
             uri = contact.uri
             say(event="registered", contact=str(uri), source=f"{addr[0]}:{addr[1]}")
-            if (uri.host, uri.port) == addr and not self.call:
+            if (uri.host, uri.port) == addr and not self.call:  # the Contact is reachable
                 self.invite(uri, addr)
         elif request.method in ("OPTIONS", "BYE"):
             self.answer(request, addr, make_response(request, 200, to_tag="pbx"))
@@ -151,4 +158,5 @@ class Registrar:
 
 if __name__ == "__main__":
     host, port, user, password = sys.argv[1:5]
-    sys.exit(Registrar(host, int(port), user, password).run(timeout=25.0))
+    nat = "--no-nat-handling" not in sys.argv[5:]
+    sys.exit(Registrar(host, int(port), user, password, nat_handling=nat).run(timeout=25.0))
