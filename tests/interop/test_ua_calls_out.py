@@ -186,6 +186,43 @@ EARLY_MEDIA_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
+def challenge(cseq: str) -> str:
+    """A 401 to the door's INVITE, then its ACK."""
+    return f"""
+  <send>
+    <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: {cseq} INVITE
+      WWW-Authenticate: Digest realm="flat.test", nonce="n[clock_tick]", algorithm=MD5, qop="auth"
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>"""
+
+
+# A phone that refuses the door's credentials: the INVITE is challenged, the retry with
+# credentials is challenged again; a third INVITE in the next 2 s would fail the scenario.
+CHALLENGE_TWICE_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="UAS that refuses the credentials">
+  <recv request="INVITE"/>{challenge("1")}
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="username=.door." search_in="hdr" header="Authorization:" check_it="true"
+            assign_to="creds"/>
+      <log message="RETRY with credentials"/>
+    </action>
+  </recv>{challenge("2")}
+  <pause milliseconds="2000"/>
+  <Reference variables="creds"/>
+</scenario>
+"""
+
+
 def dial_from_door(run_porch, *targets: str, **call) -> Porch:
     """A porch that calls `targets` (call section `call`), its button just pressed."""
     porch = run_porch({"call": {"targets": list(targets), **call}})
@@ -417,3 +454,23 @@ def test_early_media_is_played_while_the_phone_rings(peer_set: PeerSet, run_porc
     media = wait_until(lambda: events(porch, "call_media", seq), 5)
     assert media and media[-1]["packets"] >= sent - 2, media  # the ringback was taken
     assert heard_from_door == 0  # and the door said nothing before the answer
+
+
+def test_credentials_refused_twice_are_not_tried_a_third_time(
+    peer_set: PeerSet, run_porch, tmp_path
+):
+    scenario = scenario_file(tmp_path, "uas_challenge_twice", CHALLENGE_TWICE_UAS)
+    phone = peer_set.sipp.start(scenario, timeout=20)
+    porch = run_porch(
+        {
+            "sip": {"username": "door", "password": "doorpass"},
+            "call": {"targets": [phone.uri("flat")]},
+        }
+    )
+    press(porch)
+    failed = wait_until(lambda: events(porch, "call_target_failed"), 10)
+    assert failed and failed[-1]["reason"] == "401 Unauthorized: credentials refused", failed
+    result = phone.wait(10)
+    assert result.ok, result.report()
+    assert result.log_lines("RETRY with credentials")
+    wait_call(porch, "idle")
