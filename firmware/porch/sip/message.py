@@ -212,20 +212,23 @@ class Headers:
 
     Inside, a field is the (name, ": ", value) triple that str.partition gives the parser,
     so parsing builds no second tuple per line; iteration yields (name, value) pairs.
+    `_index` says where each lookup key is (see `_index_of`), None until first needed.
     """
 
-    __slots__ = ("_fields", "_keys", "typed")
+    __slots__ = ("_fields", "_index", "_keys", "typed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str, str]] = [
             (_checked_name(n), _SEP, _field_text(v)) for n, v in fields
         ]
         self._keys: list[str] = [_key(f[0]) for f in self._fields]
+        self._index: dict[str, int] | None = None
         # Parsed values of the typed accessors, dropped on every change.
         self.typed: dict[str, Any] = {}
 
     def _changed(self) -> None:
         self._keys = [_key(f[0]) for f in self._fields]
+        self._index = None
         if self.typed:
             self.typed = {}
 
@@ -296,6 +299,7 @@ class Headers:
         new = Headers.__new__(Headers)
         new._fields = list(self._fields)
         new._keys = list(self._keys)
+        new._index = self._index  # the same layout; the dict is never changed
         new.typed = {}
         return new
 
@@ -340,6 +344,32 @@ class Headers:
 
 
 _SEP = ": "  # the middle of every stored field triple
+
+# Header layouts (lookup keys in order) as met -> where each key is: its index when it occurs
+# once, ~(index of the first) when it occurs more than once (so negative). A peer sends the
+# same few layouts again and again, so a layout's dict is built once and then found by one
+# tuple lookup, instead of list scans (a str compare each) for every header read.
+_LAYOUTS: dict[tuple[str, ...], dict[str, int]] = {}
+_LAYOUTS_SIZE = 256
+
+
+def _index_of(headers: Headers) -> dict[str, int]:
+    """`headers._index`, from the layout cache or built (the dicts in it are never changed)."""
+    keys = tuple(headers._keys)
+    index = _LAYOUTS.get(keys)
+    if index is None:
+        index = {}
+        for i, key in enumerate(keys):
+            first = index.get(key)
+            if first is None:
+                index[key] = i
+            elif first >= 0:
+                index[key] = ~first
+        if len(_LAYOUTS) >= _LAYOUTS_SIZE:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = index
+    headers._index = index
+    return index
 
 
 def _key(name: str) -> str:
@@ -390,9 +420,9 @@ class Message:
         headers = self.headers
         vias = headers.typed.get("via")
         if vias is None:
-            keys = headers._keys
-            if keys.count("via") == 1:  # the usual single Via line with a single value
-                value = headers._fields[keys.index("via")][2]
+            i = (headers._index or _index_of(headers)).get("via", -1)
+            if i >= 0:  # the usual single Via line with a single value
+                value = headers._fields[i][2]
                 if "," not in value:
                     via = via_fast(value)
                     if via is not None:
@@ -417,10 +447,10 @@ class Message:
         headers = self.headers
         addr = headers.typed.get("from")
         if addr is None:
-            try:
-                value = headers._fields[headers._keys.index("from")][2]
-            except ValueError:
-                raise RemoteProtocolError(400, "missing From") from None
+            i = (headers._index or _index_of(headers)).get("from")
+            if i is None:
+                raise RemoteProtocolError(400, "missing From")
+            value = headers._fields[i if i >= 0 else ~i][2]
             addr = headers.typed["from"] = NameAddress.parse(value)
         return addr
 
@@ -429,10 +459,10 @@ class Message:
         headers = self.headers
         addr = headers.typed.get("to")
         if addr is None:
-            try:
-                value = headers._fields[headers._keys.index("to")][2]
-            except ValueError:
-                raise RemoteProtocolError(400, "missing To") from None
+            i = (headers._index or _index_of(headers)).get("to")
+            if i is None:
+                raise RemoteProtocolError(400, "missing To")
+            value = headers._fields[i if i >= 0 else ~i][2]
             addr = headers.typed["to"] = NameAddress.parse(value)
         return addr
 
@@ -441,10 +471,10 @@ class Message:
         headers = self.headers
         value = headers.typed.get("call-id")
         if value is None:
-            try:
-                value = headers._fields[headers._keys.index("call-id")][2]
-            except ValueError:
-                raise RemoteProtocolError(400, "missing Call-ID") from None
+            i = (headers._index or _index_of(headers)).get("call-id")
+            if i is None:
+                raise RemoteProtocolError(400, "missing Call-ID")
+            value = headers._fields[i if i >= 0 else ~i][2]
             if not _CALL_ID_RE.fullmatch(value):
                 raise RemoteProtocolError(400, f"bad Call-ID: {value[:60]!r}")
             headers.typed["call-id"] = value
@@ -455,10 +485,10 @@ class Message:
         headers = self.headers
         cseq = headers.typed.get("cseq")
         if cseq is None:
-            try:
-                value = headers._fields[headers._keys.index("cseq")][2]
-            except ValueError:
-                raise RemoteProtocolError(400, "missing CSeq") from None
+            i = (headers._index or _index_of(headers)).get("cseq")
+            if i is None:
+                raise RemoteProtocolError(400, "missing CSeq")
+            value = headers._fields[i if i >= 0 else ~i][2]
             cseq = headers.typed["cseq"] = CSeq.parse(value)
         return cseq
 
@@ -468,9 +498,9 @@ class Message:
         headers = self.headers
         contacts = headers.typed.get("contact")
         if contacts is None:
-            keys = headers._keys
-            if keys.count("contact") == 1:  # one Contact line with one value
-                value = headers._fields[keys.index("contact")][2]
+            i = (headers._index or _index_of(headers)).get("contact", -1)
+            if i >= 0:  # one Contact line with one value
+                value = headers._fields[i][2]
                 if "," not in value:
                     addr = name_addr_fast(value)
                     if addr is not None:
@@ -499,10 +529,10 @@ class Message:
         headers = self.headers
         media = headers.typed.get("content-type")
         if media is None:
-            try:
-                value = headers._fields[headers._keys.index("content-type")][2]
-            except ValueError:
+            i = (headers._index or _index_of(headers)).get("content-type")
+            if i is None:
                 return None
+            value = headers._fields[i if i >= 0 else ~i][2]
             media = headers.typed["content-type"] = MediaType.parse(value)
         return media
 
@@ -860,6 +890,7 @@ def _head_from_lines(lines: list[str], text: str, limits: Limits) -> tuple[Parse
     headers = _new(Headers)
     headers._fields = fields
     headers._keys = keys
+    headers._index = None
     headers.typed = {}
 
     if start[:4] in ("SIP/", "sip/"):
@@ -941,23 +972,25 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
         lines = text.split("\r\n")
         joined = "".join(lines)  # cheaper than counting CRs and LFs in `text`
         if "\r" not in joined and "\n" not in joined:
-            msg, keys = _head_from_lines(lines, text, limits)
+            msg, _ = _head_from_lines(lines, text, limits)
             body_start = end + 4
     if msg is None:  # LF-only or mixed line ends
-        msg, keys, body_start = _head_general(data, limits)
-    if keys.count("content-length") != 1:
-        length = _content_length(msg.headers, limits, msg)  # none, or several to compare
+        msg, _, body_start = _head_general(data, limits)
+    headers = msg.headers
+    i = _index_of(headers).get("content-length", -1)
+    if i < 0:
+        length = _content_length(headers, limits, msg)  # none, or several to compare
         if length is None:
             msg.body = data[body_start:]
             return msg
     else:
-        value = msg.headers._fields[keys.index("content-length")][2]
+        value = headers._fields[i][2]
         if value.isdigit() and value.isascii() and len(value) < 10:
             length = int(value)
             if length > limits.max_body_size:
                 raise RemoteProtocolError(413, "Request Entity Too Large", message=msg)
         else:
-            length = _content_length(msg.headers, limits, msg)
+            length = _content_length(headers, limits, msg)
     body = data[body_start : body_start + length]  # type: ignore[operator]
     if len(body) < length:  # type: ignore[operator]
         raise RemoteProtocolError(400, "body shorter than Content-Length", message=msg)
