@@ -271,9 +271,10 @@ _VIA_RE = re.compile(
 )
 
 # The usual form in one match: token transport, host name or IPv4, port, token parameters.
+# A leading ';branch=...' (and ';rport' after it) has groups of its own: no split for them.
 _VIA_FAST_RE = re.compile(
     rf"SIP/2\.0/([{TOKEN_CHARS}]++) ([A-Za-z0-9][A-Za-z0-9_\-.]*+)(?::([0-9]{{1,5}}))?"
-    + _PARAMS_TOKENS
+    rf"(?:;branch=([{TOKEN_CHARS}]++)(;rport)?)?" + _PARAMS_TOKENS
 )
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -388,7 +389,7 @@ def via_fast(text: str) -> Via | None:
     m = _VIA_FAST_RE.fullmatch(text)
     if m is None:
         return None
-    transport, host, port, params = m.groups()
+    transport, host, port, branch, rport, params = m.groups()
     via = _new(Via)
     via.protocol = "SIP/2.0"
     via.transport = transport if transport in _TRANSPORTS else transport.upper()
@@ -399,7 +400,12 @@ def via_fast(text: str) -> Via | None:
         via.port = int(port)
         if via.port > 65535:
             raise RemoteProtocolError(400, "bad Via port")
-    via.params = _token_params(params) if params else {}
+    if branch is None:
+        via.params = _token_params(params) if params else {}
+    else:
+        via.params = {"branch": branch, "rport": None} if rport else {"branch": branch}
+        if params:  # more after them: inserted in order, as the general reader does
+            via.params.update(_token_params(params))
     return via
 
 
@@ -409,7 +415,11 @@ def via_fast(text: str) -> Via | None:
 
 _QUOTED_HEAD_RE = re.compile(rf"({_QUOTED})[ \t]*", re.S)
 # '"Display" <uri>;tag=x' or '<uri>' with token parameters: the usual From/To/Contact.
-_NAME_ADDR_FAST_RE = re.compile(r'(?:"([^"\\]*+)"[ \t]*+)?<([^<> \t]++)>' + _PARAMS_TOKENS)
+# A leading ';tag=...' has a group of its own: no split for it.
+_NAME_ADDR_FAST_RE = re.compile(
+    r'(?:"([^"\\]*+)"[ \t]*+)?<([^<> \t]++)>'
+    rf"(?:;tag=([{TOKEN_CHARS}]++))?" + _PARAMS_TOKENS
+)
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 
@@ -589,9 +599,14 @@ def name_addr_fast(text: str) -> NameAddress | None:
     if m is None:
         return None
     addr = _new(NameAddress)
-    addr.display_name, addr._uri_text, params = m.groups()
+    addr.display_name, addr._uri_text, tag, params = m.groups()
     addr._uri = None
-    addr.params = _token_params(params) if params else {}
+    if tag is None:
+        addr.params = _token_params(params) if params else {}
+    else:
+        addr.params = {"tag": tag}
+        if params:  # more after it: inserted in order, as the general reader does
+            addr.params.update(_token_params(params))
     return addr
 
 

@@ -53,6 +53,7 @@ _SIP_FAST_RE = re.compile(
     rf"(?:([{_UNRESERVED}&=+$,;?/]++)(?::([{_UNRESERVED}&=+$,]*+))?@)?"
     r"([A-Za-z0-9][A-Za-z0-9_\-.]*+)"  # the same language as _HOSTNAME_RE, without backtracking
     r"(?::([0-9]{1,5}))?"
+    rf"(?:;transport=({_PCHARS}+))?"  # the usual first parameter, without a split for it
     rf"((?:;{_PCHARS}+(?:={_PCHARS}+)?)*+)"  # possessive: what follows needs none of it
 )
 _new = object.__new__
@@ -410,7 +411,7 @@ def _sip_fast(text: str, start: int, scheme: str) -> SipUri | None:
     uri = _new(SipUri)
     uri.scheme = scheme
     uri._text = text
-    uri.user, uri.password, uri.host, port, params = m.groups()
+    uri.user, uri.password, uri.host, port, transport, params = m.groups()
     if port is None:
         uri.port = None
     else:
@@ -418,8 +419,8 @@ def _sip_fast(text: str, start: int, scheme: str) -> SipUri | None:
         if uri.port > 65535:
             raise _bad("port", text)
     uri.headers = []
-    uri.params = {}
-    if params:
+    uri.params = {} if transport is None else {"transport": transport}
+    if params:  # inserted in order after transport, as the general reader does
         names = _PARAM_NAMES
         for item in params[1:].split(";"):
             name, eq, value = item.partition("=")
