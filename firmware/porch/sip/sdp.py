@@ -210,17 +210,19 @@ class _Attributes:
 
     @property
     def direction(self) -> str | None:
-        """The direction attribute of this section, None if it has none."""
-        found = None
+        """The direction attribute of this section (the last if several), None if it has none.
+
+        Searched from the end, where phones put it.
+        """
         if self._raw is not None:
-            for line in self._raw:
+            for line in reversed(self._raw):
                 if line in _DIRECTION_SET:
-                    found = line
-            return found
-        for key, _ in self.attributes:
+                    return line
+            return None
+        for key, _ in reversed(self.attributes):
             if key in _DIRECTION_SET:
-                found = key
-        return found
+                return key
+        return None
 
     def _attribute_lines(self) -> list[str]:
         if self._raw is not None:
@@ -322,17 +324,15 @@ class Media(_Attributes):
             for line in raw:
                 entry = cache.get(line)
                 if entry is None:
-                    first = line[:1]
-                    if first == "r" and line.startswith("rtpmap:"):
-                        entry = _rtpmap_entry(line[7:])
-                    elif first == "f" and line.startswith("fmtp:"):
-                        pt, _, params = line[5:].partition(" ")
-                        entry = (True, pt, params.strip())
-                    else:
-                        continue
-                    if len(cache) < _FORMAT_LINES_SIZE and len(line) <= 48:
+                    entry = _format_line(line)
+                    if len(line) <= 48:
+                        if len(cache) >= _FORMAT_LINES_SIZE:
+                            cache.clear()
                         cache[line] = entry
-                if entry[0]:
+                kind = entry[0]
+                if kind is None:
+                    continue  # neither rtpmap nor fmtp
+                if kind:
                     fmtps[entry[1]] = entry[2]  # type: ignore[assignment]
                 else:
                     maps[entry[1]] = entry  # type: ignore[assignment]
@@ -394,16 +394,30 @@ class Media(_Attributes):
         return out
 
 
-# a=rtpmap and a=fmtp lines as met (short ones) -> what codecs() reads from them:
-# (False, payload type, Codec without fmtp, or None if unreadable) for rtpmap and
-# (True, payload type, parameters) for fmtp. Phones send the same few lines on every call,
-# so this stays small; it simply stops growing at _FORMAT_LINES_SIZE entries.
-_FORMAT_LINES: dict[str, tuple[bool, str, Codec | str | None]] = {}
+# a= lines as met (short ones) -> what codecs() reads from them:
+# (False, payload type, Codec without fmtp, or None if unreadable) for rtpmap,
+# (True, payload type, parameters) for fmtp and _OTHER_LINE for any other attribute (so that
+# ptime, rtcp, sendrecv... cost one lookup too). Phones send the same few lines on every
+# call; lines that change per call (ports, ssrc) fill it up slowly, and it is emptied when
+# it holds _FORMAT_LINES_SIZE entries.
+_FORMAT_LINES: dict[str, tuple[bool | None, str, Codec | str | None]] = {}
 _FORMAT_LINES_SIZE = 512
+_OTHER_LINE: tuple[bool | None, str, None] = (None, "", None)
 _STATIC_CODECS = {
     pt: Codec(name, rate, int(pt), channels)
     for pt, (name, rate, channels) in STATIC_PAYLOADS.items()
 }
+
+
+def _format_line(line: str) -> tuple[bool | None, str, Codec | str | None]:
+    """The _FORMAT_LINES entry of the a= line `line` (without 'a=')."""
+    first = line[:1]
+    if first == "r" and line.startswith("rtpmap:"):
+        return _rtpmap_entry(line[7:])
+    if first == "f" and line.startswith("fmtp:"):
+        pt, _, params = line[5:].partition(" ")
+        return True, pt, params.strip()
+    return _OTHER_LINE
 
 
 def _rtpmap_entry(value: str) -> tuple[bool, str, Codec | None]:
@@ -595,13 +609,11 @@ def _parse_usual(text: str) -> SessionDescription | None:
         pieces = list(pieces)
         media_list = sdp.media = []
         for section in sections[1:]:
-            mline, crlf, lines = section.partition("\r\n")
-            if crlf:
-                if lines[:2] != "a=":
-                    return None  # c=, b=, i= or k= in the media section
-                raw = lines[2:].split("\r\na=")
-            else:
-                raw = []
+            # The m= line, then a= lines only: a c=, b=, i= or k= line stays part of a piece
+            # and shows as a line break in the check below.
+            raw = section.split("\r\na=")
+            mline = raw[0]
+            del raw[0]
             media = _parse_media(mline)
             media._raw = raw
             media_list.append(media)
