@@ -355,7 +355,12 @@ _LAYOUTS_SIZE = 256
 
 def _index_of(headers: Headers) -> dict[str, int]:
     """`headers._index`, from the layout cache or built (the dicts in it are never changed)."""
-    keys = tuple(headers._keys)
+    index = headers._index = _layout_index(headers._keys)
+    return index
+
+
+def _layout_index(key_list: list[str]) -> dict[str, int]:
+    keys = tuple(key_list)
     index = _LAYOUTS.get(keys)
     if index is None:
         index = {}
@@ -368,7 +373,6 @@ def _index_of(headers: Headers) -> dict[str, int]:
         if len(_LAYOUTS) >= _LAYOUTS_SIZE:
             _LAYOUTS.clear()
         _LAYOUTS[keys] = index
-    headers._index = index
     return index
 
 
@@ -798,6 +802,20 @@ def _split_fields_exact(
     A few scans of the whole header text rule out tabs and stray spaces, so no value needs
     stripping; None sends the caller to `_split_fields`.
     """
+    split = _split_fields_indexed(lines, text)
+    return None if split is None else (split[0], split[1])
+
+
+# Header names in order, as met in the common layout (all valid tokens) -> their lookup
+# keys and the layout index (see _LAYOUTS). Peers repeat their layouts, so a message of a
+# known layout needs neither a key lookup per name nor the index lookup.
+_NAME_LAYOUTS: dict[tuple[str, ...], tuple[list[str], dict[str, int]]] = {}
+
+
+def _split_fields_indexed(
+    lines: list[str], text: str
+) -> tuple[list[tuple[str, str, str]], list[str], dict[str, int]] | None:
+    """`_split_fields_exact` with the layout index of the keys."""
     if (
         "\t" in text
         or ":  " in text
@@ -807,13 +825,20 @@ def _split_fields_exact(
     ):
         return None
     fields = list(map(_partition, lines, _COLON_SP))
-    cache = _KEY_CACHE
-    keys = [cache.get(name) for name, sep, _ in fields if sep]
-    if len(keys) != len(fields):
+    names = tuple([name for name, sep, _ in fields if sep])
+    if len(names) != len(fields):
         return None  # a line without ": "
-    if not all(keys) and not _fill_keys(fields, keys):  # all(): no rich compares with None
-        return None
-    return fields, keys  # type: ignore[return-value]
+    layout = _NAME_LAYOUTS.get(names)
+    if layout is None:
+        cache = _KEY_CACHE
+        keys = [cache.get(name) for name in names]
+        if not all(keys) and not _fill_keys(fields, keys):  # all(): no compares with None
+            return None
+        layout = (keys, _layout_index(keys))  # type: ignore[arg-type]
+        if len(_NAME_LAYOUTS) >= _LAYOUTS_SIZE:
+            _NAME_LAYOUTS.clear()
+        _NAME_LAYOUTS[names] = layout  # type: ignore[assignment]
+    return fields, list(layout[0]), layout[1]
 
 
 def _fill_keys(fields: list[tuple[str, str, str]], keys: list[str | None]) -> bool:
@@ -885,12 +910,17 @@ def _head_from_lines(lines: list[str], text: str, limits: Limits) -> tuple[Parse
         raise RemoteProtocolError(513, "too many header fields")
     if len(text) > limits.max_line_length and max(map(len, lines)) > limits.max_line_length:
         raise RemoteProtocolError(513, "header line too long")
-    split = _split_fields_exact(lines, text) or _split_fields(lines)
-    fields, keys = split if split is not None else _split_fields_slow(lines)
+    indexed = _split_fields_indexed(lines, text)
+    if indexed is not None:
+        fields, keys, index = indexed
+    else:
+        split = _split_fields(lines)
+        fields, keys = split if split is not None else _split_fields_slow(lines)
+        index = None
     headers = _new(Headers)
     headers._fields = fields
     headers._keys = keys
-    headers._index = None
+    headers._index = index
     headers.typed = {}
 
     if start[:4] in ("SIP/", "sip/"):
@@ -977,7 +1007,7 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
     if msg is None:  # LF-only or mixed line ends
         msg, _, body_start = _head_general(data, limits)
     headers = msg.headers
-    i = _index_of(headers).get("content-length", -1)
+    i = (headers._index or _index_of(headers)).get("content-length", -1)
     if i < 0:
         length = _content_length(headers, limits, msg)  # none, or several to compare
         if length is None:
