@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -256,7 +257,8 @@ class App:
                 self.cfg.web.listen_host,
                 self.cfg.web.listen_port,
             ):
-                _check_bindable(web.listen_host, web.listen_port)
+                ours = self.web.bound[1] if self.web.bound is not None else None
+                _check_bindable(web.listen_host, web.listen_port, ours)
             if self.config_path is not None:
                 new = config.save(self.config_path, document, sim=self.sim)
             changed = sorted(config.changed_sections(self.cfg, new))
@@ -335,15 +337,19 @@ class App:
         return self.intercom.card(card_id)
 
 
-def _check_bindable(host: str, port: int) -> None:
+def _check_bindable(host: str, port: int, ours: int | None = None) -> None:
     """ConfigError naming web.listen when nothing could listen there (no such address on
-    this device, a port in use): refused before it is saved, so the page stays reachable."""
+    this device, a port in use): refused before it is saved, so the page stays reachable.
+    A port in use by our own server (`ours`: moving from 0.0.0.0:80 to 10.0.0.5:80, say)
+    is fine: it is released before the server moves."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and port == ours:
+            return
         raise ConfigError([f"web.listen: cannot listen on {host}:{port}: {exc.strerror}"]) from None
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import socket
 
+import pytest
 from porch_harness import free_port
 
 from porch import config
-from porch.app import App
+from porch.app import App, _check_bindable
+from porch.config import ConfigError
 from porch.drivers.gpio import reset_default_factory
 
 
@@ -68,3 +71,18 @@ def test_parts_start_in_order_and_stop_in_reverse(tmp_path):
     ]  # fmt: skip
     pins = json.loads((tmp_path / "sim-pins.json").read_text())
     assert pins["relay_final"] is False and pins["relay_states"][-1][1] is False
+
+
+def test_web_listen_probe_refuses_a_taken_port_unless_it_is_our_own():
+    with socket.socket() as server:  # stands where the page already listens
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(ConfigError) as refused:
+            _check_bindable("127.0.0.1", port)
+        assert refused.value.problems[0].startswith(
+            f"web.listen: cannot listen on 127.0.0.1:{port}"
+        )
+        _check_bindable("127.0.0.1", port, ours=port)  # ours: released before the move
+    with pytest.raises(ConfigError):
+        _check_bindable("192.0.2.77", port, ours=port)  # not an address of this machine
