@@ -167,7 +167,18 @@ class App:
         try:
             bound_host, bound_port = await self.web.start(host, port)
         except OSError as exc:
-            raise StartupError(f"web.listen: cannot listen on {host}:{port}: {exc}") from exc
+            problem = f"web.listen: cannot listen on {host}:{port}: {exc}"
+            # An address the device no longer has (DHCP gave it another) must not lock the
+            # installer out: the page comes up on the default address, same port.
+            fallback = config.defaults(sim=self.sim).web.listen_host
+            if fallback == host:
+                raise StartupError(problem) from exc
+            try:
+                bound_host, bound_port = await self.web.start(fallback, port)
+            except OSError:
+                raise StartupError(problem) from exc
+            log.error("%s; the page is on %s:%s instead", problem, fallback, port)
+            self.events.append("web_listen_fallback", reason=problem, listen=f"{fallback}:{port}")
         shown = "127.0.0.1" if bound_host in ("0.0.0.0", "::") else bound_host
         shown = f"[{shown}]" if ":" in shown else shown
         self.web_url = f"http://{shown}:{bound_port}/"

@@ -103,9 +103,15 @@ class Porch:
 
 
 def start_porch(
-    tmp_path: Path, sections: dict | None = None, env: dict | None = None, wait: float = 10.0
+    tmp_path: Path,
+    sections: dict | None = None,
+    env: dict | None = None,
+    wait: float = 10.0,
+    port: int | None = None,
 ) -> Porch:
-    port = free_port()
+    """porch run --sim with `sections` over a config whose page is on 127.0.0.1:`port` (a
+    free one by default); returns once /api/status answers there."""
+    port = port or free_port()
     doc = {"web": {"listen": f"127.0.0.1:{port}"}}
     for section, values in (sections or {}).items():
         doc.setdefault(section, {}).update(values)

@@ -5,7 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from porch_harness import PASSWORD
+from porch_harness import PASSWORD, free_port, start_porch
 
 
 def test_everything_but_setup_and_login_needs_a_token(porch):
@@ -206,3 +206,17 @@ def test_api_call_without_targets_says_why(porch):
     porch.setup()
     status, body, _ = porch.request("POST", "/api/call")
     assert status == 409 and "call.targets is empty" in body["error"], body
+
+
+def test_a_web_address_the_device_does_not_have_falls_back_to_the_default(tmp_path):
+    """A static web.listen address the device lost (DHCP gave it another): the page comes
+    up on the default address, same port, and says why."""
+    port = free_port()
+    porch = start_porch(tmp_path, {"web": {"listen": f"192.0.2.77:{port}"}}, port=port)
+    try:
+        porch.setup()
+        fallback = porch.wait_event("web_listen_fallback")
+        assert fallback["listen"] == f"127.0.0.1:{port}", fallback
+        assert fallback["reason"].startswith(f"web.listen: cannot listen on 192.0.2.77:{port}")
+    finally:
+        assert porch.stop()[0] == 0
