@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_sip_fast_paths import ADDR_PIECES, URI_PIECES, VIA_PIECES
+from test_sip_fast_paths import ADDR_PIECES, URI_PIECES, VIA_PIECES, same
 
-from porch.sip.errors import RemoteProtocolError
 from porch.sip.headers import NameAddress, Via, name_addr_fast, via_fast
 from porch.sip.uri import SipUri, _sip_fast
 
@@ -28,28 +27,9 @@ PARAM_PIECES = [";branch=z9hG4bK1", ";branch=", ";branch", ";Branch=x", ";rport"
                 "%41", '"q"']  # fmt: skip
 
 
-def outcome(fn, *args):
-    try:
-        return "ok", fn(*args)
-    except RemoteProtocolError as exc:
-        return "error", exc.status
-
-
 def joined(head: st.SearchStrategy[str], pieces: list[str]) -> st.SearchStrategy[str]:
     tail = st.lists(st.sampled_from(pieces), max_size=6).map("".join)
     return st.tuples(head, tail).map("".join)
-
-
-def same(fast, general, fields, text: str) -> None:
-    got = outcome(fast, text)
-    if got == ("ok", None):
-        return
-    want = outcome(general, text)
-    assert got[0] == want[0], (text, got, want)
-    if got[0] == "ok":
-        assert fields(got[1]) == fields(want[1]), text
-    else:
-        assert got[1] == want[1], text
 
 
 def via_fields(via: Via) -> tuple:
