@@ -189,7 +189,7 @@ def addr_fields(addr: NameAddress) -> tuple:
 
 def uri_fields(uri: SipUri) -> tuple:
     return (uri.scheme, uri.user, uri.password, uri.host, uri.port, list(uri.params.items()),
-            list(uri.headers.items()), str(uri))  # fmt: skip
+            list(uri.headers), str(uri))  # fmt: skip
 
 
 def same(fast, general, fields, text: str) -> None:
