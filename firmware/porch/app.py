@@ -271,7 +271,7 @@ class App:
                 ours = self.web.bound[1] if self.web.bound is not None else None
                 _check_bindable(web.listen_host, web.listen_port, ours)
             if self.config_path is not None:
-                new = config.save(self.config_path, document, sim=self.sim)
+                config.write(self.config_path, new)
             changed = sorted(config.changed_sections(self.cfg, new))
             self.cfg = new
             await self._apply(changed)

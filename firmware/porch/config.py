@@ -1287,12 +1287,17 @@ def save(path: Path, doc: dict[str, Any], *, sim: bool = False) -> Config:
     (every key, in schema order), mode 0600.
     """
     config = validate(doc, sim=sim)
+    write(path, config)
+    return config
+
+
+def write(path: Path, config: Config) -> None:
+    """Replace the file atomically with an already validated `config` (see `save`)."""
     document = config.to_document()
     text = dumps(document, header=FILE_HEADER)
     if tomllib.loads(text) != document:  # never put a file we cannot read back in place
         raise AssertionError("TOML writer did not round-trip the config document")
     fsutil.atomic_write(Path(path), text.encode("utf-8"), mode=CONFIG_FILE_MODE)
-    return config
 
 
 def check_config_cli(path: Path) -> int:
