@@ -602,7 +602,7 @@ class UserAgent:
         digest retry must reach the server that gave the nonce)."""
         assert self.transport is not None
         target, rest = targets[0], targets[1:]
-        if hop:
+        if hop and target.name != target.host:  # found by DNS: failover and preference apply
             handler = _Failover(self, request, hop, target, rest, handler)
         via = self.transport.make_via(target.transport, toward=target.host)
         request.headers.set("Via", str(via))
